@@ -1,0 +1,48 @@
+"""The detectors this project supports, by name, without importing torch.
+
+The Airflow side validates run config against this list at parse/validate time; the engine's model
+registry (`models.py`) builds each entry with torchvision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "fasterrcnn_resnet50_fpn"
+RANDOM_WEIGHTS = "none"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # torchvision.models.detection builder name
+    family: str  # faster_rcnn | retinanet | fcos | ssd | ssdlite
+    weights_enum: str  # torchvision.models.detection weights enum class name
+    resizable: bool  # whether min_size/max_size apply (SSD models have a fixed input size)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("fasterrcnn_resnet50_fpn", "faster_rcnn", "FasterRCNN_ResNet50_FPN_Weights", True),
+        ModelSpec("fasterrcnn_resnet50_fpn_v2", "faster_rcnn", "FasterRCNN_ResNet50_FPN_V2_Weights", True),
+        ModelSpec(
+            "fasterrcnn_mobilenet_v3_large_fpn",
+            "faster_rcnn",
+            "FasterRCNN_MobileNet_V3_Large_FPN_Weights",
+            True,
+        ),
+        ModelSpec(
+            "fasterrcnn_mobilenet_v3_large_320_fpn",
+            "faster_rcnn",
+            "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights",
+            True,
+        ),
+        ModelSpec("retinanet_resnet50_fpn", "retinanet", "RetinaNet_ResNet50_FPN_Weights", True),
+        ModelSpec("retinanet_resnet50_fpn_v2", "retinanet", "RetinaNet_ResNet50_FPN_V2_Weights", True),
+        ModelSpec("fcos_resnet50_fpn", "fcos", "FCOS_ResNet50_FPN_Weights", True),
+        ModelSpec("ssd300_vgg16", "ssd", "SSD300_VGG16_Weights", False),
+        ModelSpec("ssdlite320_mobilenet_v3_large", "ssdlite", "SSDLite320_MobileNet_V3_Large_Weights", False),
+    )
+}
+
+PRECISIONS = ("fp32", "fp16", "bf16")
