@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` runs the DAG end to end on the embedded default,
+# `make test` runs lint and the whole test suite. Everything they need is installed from this repository.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+REQS   := requirements.txt inference_image/requirements.txt requirements-dev.txt
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(REQS) inference_image/pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(addprefix -r ,$(REQS))
+	$(BIN)/python -m pip install --quiet --no-deps -e inference_image
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: install lint
+	bash scripts/install_browser.sh
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf var test-artifacts .pytest_cache .ruff_cache
