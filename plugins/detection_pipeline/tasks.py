@@ -1,0 +1,138 @@
+"""The DAG's tasks: thin adapters from Airflow's context to the pipeline modules.
+
+Each task takes and returns small JSON-able dicts (XCom), never images or detections. `run` is the run's
+identity and validated config, built once by `validate_config` and handed to every later task, so no task
+re-reads Params or recomputes the run prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+from airflow.sdk import get_current_context, task
+from detection_engine import layout
+
+from detection_pipeline.config import RunConfig
+
+
+def _config(run: dict) -> RunConfig:
+    return RunConfig.from_dict(run["config"])
+
+
+def _warehouse(run: dict):
+    from detection_pipeline.settings import load_settings
+    from detection_pipeline.warehouse import open_warehouse
+
+    return open_warehouse(_config(run).warehouse, gcp_conn_id=load_settings().gcp_conn_id)
+
+
+@task
+def validate_config() -> dict:
+    """Fail the run before any pod starts when the conf is wrong; otherwise fix the run's identity."""
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    when = context.get("logical_date") or dag_run.run_after
+    config = RunConfig.from_params(dict(context["params"]), when)
+    run_id = context["run_id"]
+    return {
+        "config": config.to_dict(),
+        "run_id": run_id,
+        "run_date": when.date().isoformat(),
+        "logical_date": when.isoformat(),
+        "run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
+        "run_prefix": layout.run_prefix(config.output_uri, run_id),
+        "started_at": datetime.now(UTC).isoformat(),
+    }
+
+
+@task
+def build_manifest(run: dict) -> dict:
+    """List, normalise and deduplicate the inputs; write the run's manifest."""
+    from detection_pipeline import manifest
+
+    config = _config(run)
+    already_processed = None
+    if config.incremental:
+        warehouse = _warehouse(run)
+        warehouse.ensure_tables()
+        already_processed = lambda: warehouse.processed_uris(config.model, config.weights)  # noqa: E731
+    stats = manifest.build_manifest(config, run["run_prefix"], already_processed=already_processed)
+    return dataclasses.asdict(stats)
+
+
+@task
+def plan_shards(run: dict, manifest_stats: dict) -> list[dict]:
+    """Split the manifest into shards (one detect pod each) and write each shard's list of URIs."""
+    from detection_pipeline import sharding
+
+    return sharding.plan_shards(_config(run), run["run_prefix"], manifest_stats["manifest_uri"])
+
+
+@task
+def launch_kwargs(run: dict, specs: list[dict]) -> list[dict]:
+    """The detect task's arguments for each shard: the same for a GPU pod and for a local process."""
+    from detection_pipeline.launch import detect_shard_kwargs
+
+    return [
+        detect_shard_kwargs(
+            run["config"], spec, run_id=run["run_id"], run_date=run["run_date"], run_prefix=run["run_prefix"]
+        )
+        for spec in specs
+    ]
+
+
+@task(trigger_rule="none_failed")
+def load_results(run: dict, specs: list[dict]) -> dict:
+    """Load every planned shard's files into the warehouse, replacing the run's rows (idempotent)."""
+    warehouse = _warehouse(run)
+    warehouse.ensure_tables()
+    prefix = run["run_prefix"]
+    indices = [spec["shard_index"] for spec in specs]
+    stats = warehouse.load_run(
+        run["run_id"],
+        run["run_date"],
+        [layout.shard_results_uri(prefix, i) for i in indices],
+        [layout.shard_metrics_uri(prefix, i) for i in indices],
+    )
+    return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats)
+
+
+@task
+def aggregate(run: dict, manifest_stats: dict, specs: list[dict]) -> dict:
+    """Build the run record (counts, throughput, latency, cost, versions) and write it, replacing any earlier one."""
+    from detection_pipeline.aggregate import build_run_record, read_shard_metrics
+
+    metrics = read_shard_metrics(run["run_prefix"], [spec["shard_index"] for spec in specs])
+    record = build_run_record(
+        _config(run),
+        run_id=run["run_id"],
+        run_date=run["run_date"],
+        logical_date=run["logical_date"],
+        run_type=run["run_type"],
+        manifest_stats=manifest_stats,
+        shard_specs=specs,
+        metrics=metrics,
+        started_at=run["started_at"],
+    )
+    _warehouse(run).write_run_record(record)
+    return record
+
+
+@task
+def verify(run: dict, manifest_stats: dict, specs: list[dict]) -> None:
+    """Check the exactly-once invariants against the warehouse; fail the run loudly if one breaks."""
+    from detection_pipeline.verify import check_run
+
+    check_run(_warehouse(run), run["run_id"], expected_unique=manifest_stats["unique"], expected_shards=len(specs))
+
+
+@task
+def report(run: dict, record: dict) -> dict:
+    """Write the run's HTML report, and refresh the cross-run dashboard beside the runs."""
+    from detection_pipeline.report import build_dashboard, build_run_report
+
+    config = _config(run)
+    report_uri = build_run_report(run["run_prefix"], record)
+    dashboard_uri = build_dashboard(_warehouse(run).runs(), layout.join(config.output_uri, "dashboard.html"))
+    return {"report_uri": report_uri, "dashboard_uri": dashboard_uri}
