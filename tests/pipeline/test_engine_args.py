@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from detection_pipeline.config import RunConfig
+from detection_pipeline.launch.engine_args import ENGINE_OPTIONS, NOT_ENGINE_OPTIONS, engine_arguments
+
+HOSTILE_URI = "gs://bucket/my images; rm -rf / $(whoami) `id` 'q' \"dq\" *.jpg"
+
+
+def _config(**overrides) -> RunConfig:
+    values = dict(
+        input_uri="/data/in",
+        output_uri="/data/out",
+        warehouse="duckdb:///w.duckdb",
+        model="fasterrcnn_mobilenet_v3_large_320_fpn",
+        weights="gs://models/detector.pth",
+        weights_sha256="ab" * 32,
+        batch_size=4,
+        score_threshold=0.35,
+        max_detections=17,
+        min_size=96,
+        max_size=128,
+        precision="bf16",
+    )
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def _args(config: RunConfig, **overrides) -> list[str]:
+    kwargs = dict(
+        run_prefix="/data/out/manual__2026-11-21",
+        run_id="manual__2026-11-21T00:00:00+00:00",
+        run_date="2026-11-21",
+        shard_index=3,
+        manifest_uri="/data/out/manual__2026-11-21/shards/shard-00003.parquet",
+    )
+    kwargs.update(overrides)
+    return engine_arguments(config, **kwargs)
+
+
+def _as_dict(args: list[str]) -> dict[str, str]:
+    pairs = [arg.split("=", 1) for arg in args]
+    assert all(len(pair) == 2 and pair[0].startswith("--") for pair in pairs), args
+    flags = [flag for flag, _ in pairs]
+    assert len(flags) == len(set(flags)), f"a flag appears twice: {flags}"
+    return dict(pairs)
+
+
+def test_every_config_field_is_either_an_engine_option_or_explicitly_not():
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert not set(ENGINE_OPTIONS) & NOT_ENGINE_OPTIONS
+    assert set(ENGINE_OPTIONS) | NOT_ENGINE_OPTIONS == fields, (
+        "a RunConfig field is neither passed to the engine nor listed as not the engine's business: "
+        f"{fields ^ (set(ENGINE_OPTIONS) | NOT_ENGINE_OPTIONS)}"
+    )
+
+
+def test_arguments_are_a_list_of_one_flag_with_its_value_each():
+    args = _args(_config())
+
+    assert isinstance(args, list) and all(isinstance(a, str) for a in args)
+    assert _as_dict(args) == {
+        "--manifest": "/data/out/manual__2026-11-21/shards/shard-00003.parquet",
+        "--output-prefix": "/data/out/manual__2026-11-21",
+        "--run-id": "manual__2026-11-21T00:00:00+00:00",
+        "--run-date": "2026-11-21",
+        "--shard-index": "3",
+        "--model": "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "--weights": "gs://models/detector.pth",
+        "--weights-sha256": "ab" * 32,
+        "--batch-size": "4",
+        "--score-threshold": "0.35",
+        "--max-detections": "17",
+        "--min-size": "96",
+        "--max-size": "128",
+        "--precision": "bf16",
+    }
+
+
+def test_every_engine_option_of_the_config_reaches_the_engine_with_its_value():
+    config = _config()
+    passed = _as_dict(_args(config))
+    for field, flag in ENGINE_OPTIONS.items():
+        assert passed[flag] == str(getattr(config, field)), field
+
+
+def test_unset_optional_options_are_left_to_the_engine_defaults():
+    passed = _as_dict(_args(_config(weights_sha256=None, min_size=None, max_size=None)))
+
+    assert not {"--weights-sha256", "--min-size", "--max-size"} & passed.keys()
+    assert passed["--batch-size"] == "4"
+
+
+def test_shell_metacharacters_and_leading_dashes_stay_one_literal_argument():
+    args = _args(_config(weights="-weights.pth"), manifest_uri=HOSTILE_URI, run_id="-odd run id")
+
+    # A real process receives exactly these strings: nothing was split, expanded or substituted.
+    echoed = subprocess.run(
+        [sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    received = json.loads(echoed.stdout)
+    assert received == args
+    assert f"--manifest={HOSTILE_URI}" in received
+    assert "--run-id=-odd run id" in received
+    assert "--weights=-weights.pth" in received
+
+
+def test_a_value_that_is_not_text_or_a_number_is_refused():
+    with pytest.raises(TypeError, match="--shard-index"):
+        _args(_config(), shard_index=None)
+    with pytest.raises(TypeError, match="--batch-size"):
+        _args(_config(batch_size=True))
