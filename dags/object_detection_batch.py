@@ -12,6 +12,7 @@ Wiring only: the logic lives in plugins/detection_pipeline. Trigger with conf to
 from __future__ import annotations
 
 from airflow.sdk import dag
+
 from detection_pipeline import tasks
 from detection_pipeline.config import PARAMS
 from detection_pipeline.launch import detect_task

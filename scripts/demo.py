@@ -80,7 +80,9 @@ def _migrate_db() -> None:
 
 
 def _load_dag():
-    spec = importlib.util.spec_from_file_location("object_detection_batch", ROOT / "dags" / "object_detection_batch.py")
+    spec = importlib.util.spec_from_file_location(
+        "object_detection_batch", ROOT / "dags" / "object_detection_batch.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dag
@@ -105,7 +107,10 @@ def _summary(run_id: str) -> None:
     row = dict(zip(columns, record, strict=True))
     lines = [
         ("run", row["run_id"]),
-        ("model", f"{row['model_name']} ({row['weights_id']}{', random weights' if row['random_weights'] else ''})"),
+        (
+            "model",
+            f"{row['model_name']} ({row['weights_id']}{', random weights' if row['random_weights'] else ''})",
+        ),
         ("images listed", row["listed"]),
         ("duplicates dropped", row["duplicates"]),
         ("processed", row["processed"]),
@@ -113,10 +118,19 @@ def _summary(run_id: str) -> None:
         ("failure reasons", ", ".join(f"{reason} x{n}" for reason, n in errors) or "none"),
         ("top labels", ", ".join(f"{label} x{n}" for label, n in labels) or "none"),
         ("throughput", f"{row['images_per_s'] or 0:.2f} images/s"),
-        ("batch latency p50/p95", f"{row['batch_latency_p50_ms'] or 0:.0f} / {row['batch_latency_p95_ms'] or 0:.0f} ms"),
-        ("estimated cost", f"${row['estimated_cost_usd'] or 0:.4f} (${row['cost_per_1000_images_usd'] or 0:.4f} / 1,000 images)"),
-        ("versions", f"torch {row['torch_version']}, torchvision {row['torchvision_version']}, "
-                     f"airflow {row['airflow_version']}"),
+        (
+            "batch latency p50/p95",
+            f"{row['batch_latency_p50_ms'] or 0:.0f} / {row['batch_latency_p95_ms'] or 0:.0f} ms",
+        ),
+        (
+            "estimated cost",
+            f"${row['estimated_cost_usd'] or 0:.4f} (${row['cost_per_1000_images_usd'] or 0:.4f} / 1,000 images)",
+        ),
+        (
+            "versions",
+            f"torch {row['torch_version']}, torchvision {row['torchvision_version']}, "
+            f"airflow {row['airflow_version']}",
+        ),
     ]
     width = max(len(k) for k, _ in lines)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in lines))
@@ -134,7 +148,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24, help="how many sample images to generate")
     parser.add_argument("--model", default="fasterrcnn_resnet50_fpn")
     parser.add_argument("--weights", default=os.environ.get("DETECTION_DEMO_WEIGHTS"))
-    parser.add_argument("--min-size", type=int, default=512, help="model input size (torchvision's default: 800)")
+    parser.add_argument(
+        "--min-size", type=int, default=512, help="model input size (torchvision's default: 800)"
+    )
     args = parser.parse_args()
 
     _environment()

@@ -1,10 +1,10 @@
 """Where a run's files live under its output prefix; the engine and the DAG both name files through here.
 
-    {output}/{run_id}/manifest.parquet            every unique input image, with its shard index
-    {output}/{run_id}/shards/shard-00003.parquet  the URIs one shard processes
-    {output}/{run_id}/results/shard-00003.parquet one row per input image (schema.RESULTS)
-    {output}/{run_id}/metrics/shard-00003.json    one object (schema.SHARD_METRICS)
-    {output}/{run_id}/report.html                 the run report
+{output}/{run_id}/manifest.parquet            every unique input image, with its shard index
+{output}/{run_id}/shards/shard-00003.parquet  the URIs one shard processes
+{output}/{run_id}/results/shard-00003.parquet one row per input image (schema.RESULTS)
+{output}/{run_id}/metrics/shard-00003.json    one object (schema.SHARD_METRICS)
+{output}/{run_id}/report.html                 the run report
 """
 
 from __future__ import annotations

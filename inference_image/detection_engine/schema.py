@@ -223,3 +223,10 @@ def duckdb_columns(fields: tuple[Field, ...]) -> str:
 
 def column_names(fields: tuple[Field, ...]) -> list[str]:
     return [f.name for f in fields]
+
+
+def check_required(table: pa.Table, fields: tuple[Field, ...]) -> None:
+    """Raise if a REQUIRED column holds a null: Arrow records nullability but does not enforce it."""
+    bad = [f.name for f in fields if f.mode != "NULLABLE" and table.column(f.name).null_count]
+    if bad:
+        raise ValueError(f"null values in required column(s): {', '.join(bad)}")

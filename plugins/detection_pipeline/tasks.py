@@ -11,8 +11,8 @@ import dataclasses
 from datetime import UTC, datetime
 
 from airflow.sdk import get_current_context, task
-from detection_engine import layout
 
+from detection_engine import layout
 from detection_pipeline.config import RunConfig
 
 
@@ -124,7 +124,9 @@ def verify(run: dict, manifest_stats: dict, specs: list[dict]) -> None:
     """Check the exactly-once invariants against the warehouse; fail the run loudly if one breaks."""
     from detection_pipeline.verify import check_run
 
-    check_run(_warehouse(run), run["run_id"], expected_unique=manifest_stats["unique"], expected_shards=len(specs))
+    check_run(
+        _warehouse(run), run["run_id"], expected_unique=manifest_stats["unique"], expected_shards=len(specs)
+    )
 
 
 @task
