@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 REQS   := requirements.txt inference_image/requirements.txt requirements-dev.txt
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): $(REQS) inference_image/pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -33,9 +33,6 @@ format: install
 test: install lint
 	bash scripts/install_browser.sh
 	$(BIN)/python -m pytest
-
-bench: install
-	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf var test-artifacts .pytest_cache .ruff_cache
