@@ -149,6 +149,18 @@ RUNS: tuple[Field, ...] = (
     _f("precision", "STRING", "NULLABLE"),
     _f("batch_size", "INT64", "NULLABLE"),
     _f("recorded_at", "TIMESTAMP", "REQUIRED"),
+    # Accuracy, when the run conf names a COCO ground truth (null otherwise); appended so the change is additive.
+    _f("ground_truth_uri", "STRING", "NULLABLE", "COCO annotation file the run was scored against"),
+    _f("eval_images", "INT64", "NULLABLE", "Images scored: results rows matched to an annotated image"),
+    _f("coco_map", "FLOAT64", "NULLABLE", "COCO box AP, IoU 0.50:0.95"),
+    _f("coco_map50", "FLOAT64", "NULLABLE", "COCO box AP at IoU 0.50"),
+    _f("coco_map75", "FLOAT64", "NULLABLE", "COCO box AP at IoU 0.75"),
+    _f("coco_map_small", "FLOAT64", "NULLABLE", "AP for objects under 32x32 px"),
+    _f("coco_map_medium", "FLOAT64", "NULLABLE", "AP for objects 32x32 to 96x96 px"),
+    _f("coco_map_large", "FLOAT64", "NULLABLE", "AP for objects over 96x96 px"),
+    _f("coco_ar1", "FLOAT64", "NULLABLE", "Recall with 1 detection per image"),
+    _f("coco_ar10", "FLOAT64", "NULLABLE", "Recall with 10 detections per image"),
+    _f("coco_ar100", "FLOAT64", "NULLABLE", "Recall with 100 detections per image"),
 )
 
 TABLES: dict[str, tuple[Field, ...]] = {"results": RESULTS, "shard_metrics": SHARD_METRICS, "runs": RUNS}
