@@ -1,0 +1,86 @@
+"""Commands: build one run's report, or the dashboard across runs, from the warehouse's run records.
+
+python -m detection_pipeline.report run --warehouse URI --run-id ID [--run-prefix URI]
+python -m detection_pipeline.report dashboard --warehouse URI --out FILE [--threshold 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from detection_engine import layout
+from detection_pipeline.report import ReportError, build_dashboard, build_run_report
+
+
+class CommandError(Exception):
+    """A user error, printed as one line."""
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m detection_pipeline.report", description=__doc__.splitlines()[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="write one run's HTML report beside its files")
+    run.add_argument("--warehouse", required=True, help="duckdb:///path.duckdb or bigquery://project/dataset")
+    run.add_argument("--run-id", required=True, help="the Airflow run id")
+    run.add_argument("--run-prefix", help="the run's files; default {output_uri}/{run id} from its record")
+    run.add_argument("--sample-images", type=int, default=8, help="annotated images in the gallery")
+
+    dashboard = commands.add_parser("dashboard", help="write the dashboard across all recorded runs")
+    dashboard.add_argument(
+        "--warehouse", required=True, help="duckdb:///path.duckdb or bigquery://project/dataset"
+    )
+    dashboard.add_argument("--out", required=True, help="output HTML file (local path or gs:// URI)")
+    dashboard.add_argument(
+        "--threshold", type=_threshold, default=0.10, help="regression threshold (0.1 = 10%%)"
+    )
+    return parser
+
+
+def _runs(warehouse_uri: str) -> list[dict]:
+    from detection_pipeline.warehouse import open_warehouse
+
+    try:
+        return list(open_warehouse(warehouse_uri).runs())
+    except Exception as exc:  # any backend's failure becomes one line naming the warehouse
+        raise CommandError(f"cannot read run records from {warehouse_uri}: {exc}") from exc
+
+
+def _run_report(args: argparse.Namespace) -> str:
+    matching = [r for r in _runs(args.warehouse) if r.get("run_id") == args.run_id]
+    if not matching:
+        raise CommandError(f"no run record for run id {args.run_id!r} in {args.warehouse}")
+    record = matching[0]
+    prefix = args.run_prefix or layout.run_prefix(record["output_uri"], args.run_id)
+    return build_run_report(prefix, record, sample_images=args.sample_images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            uri = _run_report(args)
+        else:
+            uri = build_dashboard(_runs(args.warehouse), args.out, regression_threshold=args.threshold)
+    except (CommandError, ReportError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(uri)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
