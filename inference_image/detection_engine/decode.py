@@ -56,8 +56,9 @@ REASON_CODES = (
     "unsupported",
 )
 
-# 100 MP is ~300 MB as RGB, beyond any camera a detector is fed; bigger is a mistake or an attack.
-DEFAULT_MAX_PIXELS = 100_000_000
+# Pillow's own warning threshold (~89.5 MP, 256 MiB as RGBX): bigger than any camera a detector is fed, and
+# every image Pillow would warn about as a possible bomb is refused rather than decoded with a warning.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 # Pillow format names. MPO (multi-picture JPEG from phones) is opened by the JPEG plugin.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
