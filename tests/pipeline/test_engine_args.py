@@ -119,3 +119,33 @@ def test_a_value_that_is_not_text_or_a_number_is_refused():
         _args(_config(), shard_index=None)
     with pytest.raises(TypeError, match="--batch-size"):
         _args(_config(batch_size=True))
+
+
+def test_the_engine_parses_every_argument_back_to_the_config_value():
+    """The contract with the other side: the engine's own parser reads back exactly what the config says."""
+    from detection_engine.cli import parse_job  # imports torch: only this test pays for it
+
+    config = _config(weights="-weights with space.pth")
+
+    job = parse_job(_args(config, manifest_uri=HOSTILE_URI, run_id="-odd run id"))
+
+    assert (job.manifest, job.run_id, job.shard_index, str(job.run_date)) == (
+        HOSTILE_URI,
+        "-odd run id",
+        3,
+        "2026-11-21",
+    )
+    assert job.output_prefix == "/data/out/manual__2026-11-21"
+    assert job.pipeline.batch_size == config.batch_size
+    model = job.model
+    assert (model.name, model.weights, model.weights_sha256) == (
+        config.model,
+        config.weights,
+        config.weights_sha256,
+    )
+    assert (model.score_threshold, model.max_detections) == (config.score_threshold, config.max_detections)
+    assert (model.min_size, model.max_size, model.precision) == (
+        config.min_size,
+        config.max_size,
+        config.precision,
+    )

@@ -1,0 +1,119 @@
+"""The `detect` step of the embedded default: the pod's program, run as a local process.
+
+`LocalShardOperator` takes the same per-shard kwargs as the pod (`pod.detect_shard_kwargs`) and runs the same
+entrypoint with the same arguments, so the embedded default exercises the production code path except for
+where the process runs. The kwargs that only place a pod (image, name, namespace, container_resources,
+node_selector) are accepted and ignored by design: there is no container, scheduler or GPU node to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+import detection_engine
+from detection_pipeline.launch.pod import IMAGE_ENV
+
+ENGINE_MODULE = "detection_engine"
+# Engine exit codes a retry cannot fix (bad arguments or manifest; model or weights unloadable).
+PERMANENT_EXIT_CODES = frozenset({2, 3})
+SUMMARY_FILE = "return.json"
+
+
+class LocalShardOperator(BaseOperator):
+    """Run `python -m detection_engine <arguments>` for one shard and return its summary, as the pod would."""
+
+    # The same as the pod operator's, so a value renders the same way under either launcher.
+    template_fields = ("arguments", "env_vars")
+    ui_color = "#e8f4e8"
+
+    def __init__(
+        self,
+        *,
+        arguments: list[str],
+        env_vars: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        image: str | None = None,
+        name: str | None = None,
+        namespace: str | None = None,
+        container_resources: dict | None = None,
+        node_selector: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.arguments = list(arguments)
+        self.env_vars = dict(env_vars or {})
+        self.labels = dict(labels or {})  # read by the map index template, as on the pod
+        self._process: subprocess.Popen | None = None
+
+    def execute(self, context: Any) -> dict:
+        with tempfile.TemporaryDirectory(prefix="detect-") as tmp:
+            summary_path = Path(tmp) / SUMMARY_FILE
+            command = [sys.executable, "-m", ENGINE_MODULE, *self.arguments, f"--summary-path={summary_path}"]
+            self.log.info("Running %s", shlex.join(command))
+            returncode, last_error = self._run(command, self._environment())
+            if returncode != 0:
+                message = f"detection engine exited with code {returncode}: {last_error or '(no message)'}"
+                if returncode in PERMANENT_EXIT_CODES:
+                    raise AirflowFailException(message)
+                raise AirflowException(message)
+            if not summary_path.exists():
+                raise AirflowException(f"detection engine exited 0 but wrote no summary at {summary_path}")
+            return json.loads(summary_path.read_text())
+
+    def on_kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+
+    def _environment(self) -> dict[str, str]:
+        """The worker's environment plus the shard's, with the engine this process imports first on the path.
+
+        The DAG validated its config against that engine (catalog, schema, layout), so the subprocess runs the
+        same code whether or not the package is installed. No container image ran the shard, so none is
+        recorded: the image named in the config is not what produced these results.
+        """
+        engine_root = str(Path(detection_engine.__file__).resolve().parent.parent)
+        python_path = os.pathsep.join(p for p in (engine_root, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, **self.env_vars, "PYTHONPATH": python_path}
+        env.pop(IMAGE_ENV, None)
+        return env
+
+    def _run(self, command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
+        """Stream stdout and stderr into the task log as they come; return the exit code and last stderr line."""
+        self._process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+        stderr_tail: deque[str] = deque(maxlen=1)
+        stderr_reader = threading.Thread(
+            target=self._log_lines, args=(self._process.stderr, stderr_tail), daemon=True
+        )
+        stderr_reader.start()
+        self._log_lines(self._process.stdout, None)
+        returncode = self._process.wait()
+        stderr_reader.join()
+        return returncode, (stderr_tail[-1] if stderr_tail else None)
+
+    def _log_lines(self, stream: IO[str], tail: deque[str] | None) -> None:
+        for line in stream:
+            line = line.rstrip()
+            if line:
+                self.log.info("%s", line)
+                if tail is not None:
+                    tail.append(line)
+        stream.close()
