@@ -17,13 +17,16 @@ import tempfile
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 import detection_engine
 from detection_pipeline.launch.pod import IMAGE_ENV
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 ENGINE_MODULE = "detection_engine"
 # Engine exit codes a retry cannot fix (bad arguments or manifest; model or weights unloadable).
@@ -57,7 +60,7 @@ class LocalShardOperator(BaseOperator):
         self.labels = dict(labels or {})  # read by the map index template, as on the pod
         self._process: subprocess.Popen | None = None
 
-    def execute(self, context: Any) -> dict:
+    def execute(self, context: Context) -> dict:
         with tempfile.TemporaryDirectory(prefix="detect-") as tmp:
             summary_path = Path(tmp) / SUMMARY_FILE
             command = [sys.executable, "-m", ENGINE_MODULE, *self.arguments, f"--summary-path={summary_path}"]
@@ -91,22 +94,28 @@ class LocalShardOperator(BaseOperator):
 
     def _run(self, command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
         """Stream stdout and stderr into the task log as they come; return the exit code and last stderr line."""
-        self._process = subprocess.Popen(
+        process = self._process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            errors="replace",
             bufsize=1,
             env=env,
         )
         stderr_tail: deque[str] = deque(maxlen=1)
         stderr_reader = threading.Thread(
-            target=self._log_lines, args=(self._process.stderr, stderr_tail), daemon=True
+            target=self._log_lines, args=(process.stderr, stderr_tail), daemon=True
         )
         stderr_reader.start()
-        self._log_lines(self._process.stdout, None)
-        returncode = self._process.wait()
-        stderr_reader.join()
+        try:
+            self._log_lines(process.stdout, None)
+            returncode = process.wait()
+        finally:
+            if process.poll() is None:  # interrupted (timeout, kill): never leave an engine running unowned
+                process.terminate()
+                process.wait()
+            stderr_reader.join()
         return returncode, (stderr_tail[-1] if stderr_tail else None)
 
     def _log_lines(self, stream: IO[str], tail: deque[str] | None) -> None:
