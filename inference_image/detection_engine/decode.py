@@ -146,8 +146,6 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _load_error(exc: Exception, fmt: str | None) -> ImageError:
-    if isinstance(exc, ImageError):
-        return exc
     what = f"{fmt} " if fmt else ""
     message = str(exc) or type(exc).__name__
     if "truncat" in message.lower():

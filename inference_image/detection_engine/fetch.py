@@ -18,14 +18,14 @@ import os
 # bucket over gRPC: against an emulator that stalls ~60 s per bucket. Must be set before gcsfs is imported.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-import threading  # noqa: E402
+import threading
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from fsspec.core import split_protocol, url_to_fs  # noqa: E402
-from fsspec.spec import AbstractFileSystem  # noqa: E402
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import split_protocol, url_to_fs
+from fsspec.spec import AbstractFileSystem
 
-from detection_engine.decode import ImageError, redact  # noqa: E402
+from detection_engine.decode import ImageError, redact
 
 MANIFEST_COLUMN = "image_uri"
 
