@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from detection_engine import layout
 from detection_pipeline.report import ReportError, build_dashboard, build_run_report
+
+if TYPE_CHECKING:
+    from detection_pipeline.warehouse import Warehouse
+
+T = TypeVar("T")
 
 
 class CommandError(Exception):
@@ -27,6 +34,16 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m detection_pipeline.report", description=__doc__.splitlines()[0]
@@ -37,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--warehouse", required=True, help="duckdb:///path.duckdb or bigquery://project/dataset")
     run.add_argument("--run-id", required=True, help="the Airflow run id")
     run.add_argument("--run-prefix", help="the run's files; default {output_uri}/{run id} from its record")
-    run.add_argument("--sample-images", type=int, default=8, help="annotated images in the gallery")
+    run.add_argument("--sample-images", type=_count, default=8, help="annotated images in the gallery")
 
     dashboard = commands.add_parser("dashboard", help="write the dashboard across all recorded runs")
     dashboard.add_argument(
@@ -50,33 +67,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _runs(warehouse_uri: str) -> list[dict]:
+def _read_warehouse(warehouse_uri: str, read: Callable[[Warehouse], T]) -> T:
     from detection_pipeline.warehouse import open_warehouse
 
     try:
-        return list(open_warehouse(warehouse_uri).runs())
+        warehouse = open_warehouse(warehouse_uri)
+    except ValueError as exc:  # a malformed URI: its message already says what is expected
+        raise CommandError(str(exc)) from exc
+    try:
+        return read(warehouse)
     except Exception as exc:  # any backend's failure becomes one line naming the warehouse
         raise CommandError(f"cannot read run records from {warehouse_uri}: {exc}") from exc
 
 
 def _run_report(args: argparse.Namespace) -> str:
-    matching = [r for r in _runs(args.warehouse) if r.get("run_id") == args.run_id]
-    if not matching:
+    record = _read_warehouse(args.warehouse, lambda w: w.run_record(args.run_id))
+    if record is None:
         raise CommandError(f"no run record for run id {args.run_id!r} in {args.warehouse}")
-    record = matching[0]
     prefix = args.run_prefix or layout.run_prefix(record["output_uri"], args.run_id)
     return build_run_report(prefix, record, sample_images=args.sample_images)
+
+
+def _dashboard(args: argparse.Namespace) -> str:
+    records = _read_warehouse(args.warehouse, lambda w: w.runs())
+    return build_dashboard(records, args.out, regression_threshold=args.threshold)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
-            uri = _run_report(args)
-        else:
-            uri = build_dashboard(_runs(args.warehouse), args.out, regression_threshold=args.threshold)
+        uri = _run_report(args) if args.command == "run" else _dashboard(args)
     except (CommandError, ReportError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, even for multi-line errors
         return 1
     print(uri)
     return 0

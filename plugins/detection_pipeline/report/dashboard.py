@@ -6,8 +6,10 @@ The command in `__main__` is the thin part that opens the warehouse.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -20,6 +22,7 @@ _METRICS: tuple[tuple[str, str, Callable[[RunPoint], float | None]], ...] = (
     ("wall_s", "runtime (s)", lambda p: p.wall_s),
 )
 _REGRESSION_COLOR = "#cf222e"
+_GROUP_COLORS = plotly.colors.qualitative.Plotly  # the same group keeps its colour in both rows
 
 
 def build_dashboard(records: list[dict], out_uri: str, *, regression_threshold: float = 0.10) -> str:
@@ -159,7 +162,7 @@ def _by_group(page: Page, points: list[RunPoint], key: str, group: Callable[[Run
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
     groups = sorted({group(p) for p in points})
     for row, (_, title, value) in enumerate(_METRICS[:2], start=1):
-        for name in groups:
+        for color, name in zip(itertools.cycle(_GROUP_COLORS), groups, strict=False):
             members = [p for p in points if group(p) == name and value(p) is not None]
             if not members:
                 continue
@@ -174,6 +177,7 @@ def _by_group(page: Page, points: list[RunPoint], key: str, group: Callable[[Run
                     text=[plot_text(p.run_id) for p in members],
                     hovertemplate="%{text}: %{y:.3f}<extra></extra>",
                     showlegend=False,
+                    marker_color=color,
                 ),
                 row=row,
                 col=1,
