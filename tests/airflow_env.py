@@ -24,5 +24,6 @@ os.environ.update(
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
     }
 )
-for key in [k for k in os.environ if k.startswith("DETECTION_")]:
+_TEST_SWITCHES = {"DETECTION_SKIP_BROWSER"}  # switches for the test run itself, not deployment settings
+for key in [k for k in os.environ if k.startswith("DETECTION_") and k not in _TEST_SWITCHES]:
     del os.environ[key]  # deployment settings must come from each test, not from the developer's shell
