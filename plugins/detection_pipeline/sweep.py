@@ -1,0 +1,340 @@
+"""A model sweep: the same images through several detectors and precisions, compared in one table.
+
+Each (model, precision) is an ordinary run of the batch DAG, triggered with a conf built here, so a sweep
+measures exactly what production runs do and every run keeps its own record, report and results. The run id
+of each triggered run is derived from the sweep's run id and the combination: re-running the sweep replaces
+those runs (and, through the batch DAG's idempotent loads, their rows) instead of adding more.
+
+The table reads the run records from the warehouse (speed, cost and, with ground truth, COCO mAP) and sets
+them beside torchvision's published mAP of each model, like torchvision's own model tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import html
+import io
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from airflow.sdk import Param, get_current_context, task
+
+from detection_engine import catalog, layout
+
+BATCH_DAG_ID = "object_detection_batch"
+SWEEP_DAG_ID = "detection_model_sweep"
+
+DEFAULT_MODELS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "ssdlite320_mobilenet_v3_large",
+)
+DEFAULT_PRECISIONS = ("fp32",)
+
+# Options of the batch DAG a sweep passes to every run unchanged; their Params are the batch DAG's own.
+PASS_THROUGH = (
+    "input_uri",
+    "output_uri",
+    "warehouse",
+    "weights",
+    "batch_size",
+    "min_size",
+    "max_size",
+    "ground_truth_uri",
+    "eval_score_threshold",
+)
+
+# torchvision's published COCO val2017 box mAP of each model's COCO_V1 weights (weights meta "_metrics");
+# a test checks these against torchvision.
+PUBLISHED_BOX_MAP: dict[str, float] = {
+    "fasterrcnn_resnet50_fpn": 37.0,
+    "fasterrcnn_resnet50_fpn_v2": 46.7,
+    "fasterrcnn_mobilenet_v3_large_fpn": 32.8,
+    "fasterrcnn_mobilenet_v3_large_320_fpn": 22.8,
+    "retinanet_resnet50_fpn": 36.4,
+    "retinanet_resnet50_fpn_v2": 41.5,
+    "fcos_resnet50_fpn": 39.2,
+    "ssd300_vgg16": 25.1,
+    "ssdlite320_mobilenet_v3_large": 21.3,
+}
+_PUBLISHED_WEIGHTS = ("DEFAULT", "COCO_V1")  # the weights those numbers were measured with
+
+# Airflow's default allowed_run_id_pattern is ^[A-Za-z0-9_.~:+-]+$; its run_id column holds 250 characters.
+_RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.~:+-]")
+_RUN_ID_MAX = 250
+
+
+class SweepError(ValueError):
+    """A sweep configuration that must not trigger a single run."""
+
+
+# -- the sweep's Params --------------------------------------------------------------------------
+
+
+def sweep_params(batch_params: Mapping[str, Any]) -> dict[str, Param]:
+    """The sweep DAG's Params: which models and precisions, plus copies of the batch DAG's own Params for
+    the options passed through, so both DAGs share one schema and one default for each."""
+    params: dict[str, Param] = {
+        "models": Param(
+            list(DEFAULT_MODELS),
+            type="array",
+            items={"type": "string", "enum": list(catalog.MODELS)},
+            minItems=1,
+            uniqueItems=True,
+            description="torchvision detectors to compare (catalog names)",
+        ),
+        "precisions": Param(
+            list(DEFAULT_PRECISIONS),
+            type="array",
+            items={"type": "string", "enum": list(catalog.PRECISIONS)},
+            minItems=1,
+            uniqueItems=True,
+            description="precisions to run each model in (fp16/bf16 need a GPU; CPU runs fall back to fp32)",
+        ),
+    }
+    for name in PASS_THROUGH:
+        if name in batch_params:
+            base = batch_params[name]
+            params[name] = copy.deepcopy(base) if isinstance(base, Param) else Param(base)
+    return params
+
+
+# -- the runs to trigger -------------------------------------------------------------------------
+
+
+def plan_runs(params: Mapping[str, Any], sweep_run_id: str) -> list[dict]:
+    """One `{"trigger_run_id", "conf"}` per (model, precision), models outermost, in the order given.
+
+    The dicts are the keyword arguments of each mapped TriggerDagRunOperator.
+    """
+    models = _checked_list(params, "models", catalog.MODELS)
+    precisions = _checked_list(params, "precisions", catalog.PRECISIONS)
+    weights = params.get("weights")
+    if len(models) > 1 and isinstance(weights, str) and _is_state_dict(weights):
+        raise SweepError(
+            f"weights {weights!r} is a state dict, which fits one model; sweep several models with "
+            "DEFAULT, COCO_V1 or none"
+        )
+    shared = {name: params[name] for name in PASS_THROUGH if name in params}
+    return [
+        {
+            "trigger_run_id": trigger_run_id(sweep_run_id, model, precision),
+            "conf": {**shared, "model": model, "precision": precision},
+        }
+        for model in models
+        for precision in precisions
+    ]
+
+
+def trigger_run_id(sweep_run_id: str, model: str, precision: str) -> str:
+    """The batch run id of one combination of one sweep run: the same on every re-run of that sweep run."""
+    suffix = f"__{model}__{precision}"
+    head = _RUN_ID_UNSAFE.sub("_", f"sweep__{sweep_run_id}")
+    if len(head) + len(suffix) > _RUN_ID_MAX:
+        raise SweepError(f"sweep run id {sweep_run_id!r} is too long to name its runs")
+    return head + suffix
+
+
+def _checked_list(params: Mapping[str, Any], name: str, allowed: Iterable[str]) -> list[str]:
+    values = params.get(name)
+    if not isinstance(values, list | tuple) or not values:
+        raise SweepError(f"{name} must be a non-empty list")
+    allowed = list(allowed)
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise SweepError(f"unknown {name} {unknown}; use any of {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise SweepError(f"{name} lists the same value twice: {list(values)}")
+    return list(values)
+
+
+def _is_state_dict(weights: str) -> bool:
+    return "/" in weights or "\\" in weights or weights.endswith((".pt", ".pth"))
+
+
+# -- the comparison table ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # CSV header, and the key in each row
+    header: str  # Markdown/HTML header
+    text: Callable[[Any], str]  # how Markdown/HTML show the value
+
+
+def _fixed(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
+    return lambda v: "" if v is None else f"{v * scale:.{digits}f}"
+
+
+def _plain(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("model", "model", _plain),
+    Column("weights", "weights", _plain),
+    Column("precision", "precision", _plain),
+    Column("box_map", "box mAP", _fixed(1, 100)),
+    Column("box_map50", "AP50", _fixed(1, 100)),
+    Column("published_box_map", "published mAP", _fixed(1)),
+    Column("eval_images", "scored images", _plain),
+    Column("images", "images", _plain),
+    Column("failed", "failed", _plain),
+    Column("images_per_s", "images/s", _fixed(1)),
+    Column("images_per_s_per_gpu", "images/s per GPU", _fixed(1)),
+    Column("cost_per_1000_images_usd", "$ per 1,000 images", _fixed(4)),
+    Column("batch_latency_p50_ms", "batch p50 ms", _fixed(1)),
+    Column("batch_latency_p95_ms", "batch p95 ms", _fixed(1)),
+    Column("model_load_s", "model load s", _fixed(2)),
+    Column("device_name", "device", _plain),
+    Column("torch_version", "torch", _plain),
+    Column("torchvision_version", "torchvision", _plain),
+    Column("cuda_version", "CUDA", _plain),
+    Column("run_id", "run id", _plain),
+)
+
+# Row keys read straight from the run record under the same name.
+_FROM_RECORD = (
+    "eval_images",
+    "failed",
+    "images_per_s",
+    "images_per_s_per_gpu",
+    "cost_per_1000_images_usd",
+    "batch_latency_p50_ms",
+    "batch_latency_p95_ms",
+    "model_load_s",
+    "device_name",
+    "torch_version",
+    "torchvision_version",
+    "cuda_version",
+)
+
+
+def comparison_rows(plan: Sequence[Mapping], records: Mapping[str, Mapping | None]) -> list[dict]:
+    """One row per planned run, in plan order, from its run record (keyed by run id); a run without a
+    record still gets its row, with only model, precision and run id, so a failed run is visible."""
+    rows = []
+    for run in plan:
+        conf, run_id = run["conf"], run["trigger_run_id"]
+        record = records.get(run_id) or {}
+        precision = conf["precision"]
+        if record.get("precision") and record["precision"] != precision:
+            precision = f"{precision} (ran {record['precision']})"
+        weights = conf.get("weights")
+        row = {
+            "model": conf["model"],
+            "weights": record.get("weights_id") or weights,
+            "precision": precision,
+            "box_map": record.get("coco_map"),
+            "box_map50": record.get("coco_map50"),
+            "published_box_map": PUBLISHED_BOX_MAP.get(conf["model"])
+            if weights in (*_PUBLISHED_WEIGHTS, None)
+            else None,
+            "images": record.get("processed"),
+            **{key: record.get(key) for key in _FROM_RECORD},
+            "run_id": run_id,
+        }
+        rows.append({column.key: row[column.key] for column in COLUMNS})
+    return rows
+
+
+def to_csv(rows: Sequence[Mapping]) -> str:
+    """Raw values, one header row of column keys: for spreadsheets and scripts."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=[c.key for c in COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def to_markdown(rows: Sequence[Mapping], title: str) -> str:
+    def cells(values: Iterable[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    lines = [
+        f"# {title}",
+        "",
+        cells(c.header for c in COLUMNS),
+        cells("---" for _ in COLUMNS),
+        *(cells(c.text(row[c.key]) for c in COLUMNS) for row in rows),
+        "",
+        _FOOTNOTE,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def to_html(rows: Sequence[Mapping], title: str) -> str:
+    head = "".join(f"<th>{html.escape(c.header)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c.text(row[c.key]))}</td>" for c in COLUMNS) + "</tr>"
+        for row in rows
+    )
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
+        "td:nth-child(-n+3){text-align:left}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p>{html.escape(_FOOTNOTE)}</p></body></html>\n"
+    )
+
+
+_FOOTNOTE = (
+    "box mAP and AP50: COCO metrics of this run against the run's ground truth (empty without one). "
+    "published mAP: torchvision's figure on COCO val2017 for the model's COCO_V1 weights. "
+    "An empty row means the run left no record."
+)
+
+
+def sweep_prefix(output_uri: str, sweep_run_id: str) -> str:
+    return layout.join(output_uri, "sweeps", layout.safe_run_id(sweep_run_id))
+
+
+def write_comparison(rows: Sequence[Mapping], prefix: str, title: str) -> dict[str, str]:
+    """Write comparison.{md,csv,html} under `prefix` (local or gs://); returns their URIs by format."""
+    documents = {"markdown": ("md", to_markdown(rows, title)), "csv": ("csv", to_csv(rows))}
+    documents["html"] = ("html", to_html(rows, title))
+    uris = {}
+    for kind, (extension, text) in documents.items():
+        uri = layout.join(prefix, f"comparison.{extension}")
+        with fsspec.open(uri, "w", encoding="utf-8", auto_mkdir=True) as fh:
+            fh.write(text)
+        uris[kind] = uri
+    return uris
+
+
+# -- the sweep DAG's tasks (thin adapters from Airflow's context) ----------------------------------
+
+
+@task
+def plan() -> list[dict]:
+    """Validate the sweep's Params and name the batch run of each (model, precision)."""
+    context = get_current_context()
+    return plan_runs(dict(context["params"]), context["run_id"])
+
+
+@task(trigger_rule="all_done")
+def compare(runs: list[dict]) -> dict[str, str]:
+    """Write the comparison table of every planned run, even when some failed; then fail if any left no
+    record, so a partial sweep is never mistaken for a complete one."""
+    from detection_pipeline.settings import load_settings
+    from detection_pipeline.warehouse import open_warehouse
+
+    context = get_current_context()
+    params, sweep_run_id = context["params"], context["run_id"]
+    warehouse = open_warehouse(params["warehouse"], gcp_conn_id=load_settings().gcp_conn_id)
+    records = {run["trigger_run_id"]: warehouse.run_record(run["trigger_run_id"]) for run in runs}
+    rows = comparison_rows(runs, records)
+    uris = write_comparison(
+        rows, sweep_prefix(params["output_uri"], sweep_run_id), f"Model sweep {sweep_run_id}"
+    )
+    missing = [run_id for run_id, record in records.items() if record is None]
+    if missing:
+        raise SweepError(f"{len(missing)} of {len(runs)} runs left no run record: {', '.join(missing)}")
+    return uris
