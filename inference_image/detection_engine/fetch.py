@@ -74,6 +74,8 @@ def fetch_bytes(uri: str) -> bytes:
         fs, path = filesystem_for(uri)
     except Exception as exc:  # unknown protocol, missing driver, malformed URI
         raise ImageError("fetch_error", f"{type(exc).__name__}: {exc}") from exc
+    if _is_bucket(fs, path):  # gcsfs would send a request for it that is never an object
+        raise ImageError("is_directory", "a bucket, not an object")
     try:
         data = fs.cat_file(path)
     except IsADirectoryError:
@@ -89,6 +91,11 @@ def fetch_bytes(uri: str) -> bytes:
     if not data:
         raise ImageError("empty_file", "0 bytes")
     return data
+
+
+def _is_bucket(fs: AbstractFileSystem, path: str) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return any(p in _GCS_PROTOCOLS for p in protocols) and "/" not in path.strip("/")
 
 
 def _is_directory(fs: AbstractFileSystem, path: str) -> bool:

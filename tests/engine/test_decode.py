@@ -106,6 +106,16 @@ def test_single_channel_images_become_three_equal_channels(corpus):
     assert set(np.unique(_decode_case(corpus, "one_bit")).tolist()) == {0, 255}
 
 
+def test_multi_picture_jpeg_gives_its_first_picture():
+    """Phones write MPO (several JPEGs in one file); Pillow opens it through the JPEG plugin."""
+    first, second = Image.new("RGB", (20, 10), (255, 0, 0)), Image.new("RGB", (20, 10), (0, 0, 255))
+    buffer = io.BytesIO()
+    first.save(buffer, "MPO", save_all=True, append_images=[second])
+    pixels = decode_image(buffer.getvalue())
+    assert pixels.shape == (10, 20, 3)
+    assert _close(pixels[5, 10], (255, 0, 0))
+
+
 def test_one_pixel_image(corpus):
     assert _decode_case(corpus, "one_pixel").tolist() == [[[10, 200, 30]]]
 

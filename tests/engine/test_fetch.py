@@ -211,6 +211,7 @@ def test_gcs_failures_have_their_reasons(gcs_emulator, gcs_bucket):
     assert _reason(f"{gcs_bucket}/missing.jpg") == "not_found: no such file or object"
     assert _reason(f"{gcs_bucket}/folder") == "is_directory: a directory or prefix, not a file"
     assert _reason("gs://no-such-bucket-anywhere/a.jpg").startswith("not_found:")
+    assert _reason(gcs_bucket) == _reason(f"{gcs_bucket}/") == "is_directory: a bucket, not an object"
 
 
 def test_gcs_uses_one_anonymous_client_for_the_emulator(gcs_emulator, gcs_bucket):
