@@ -40,18 +40,24 @@ class GcsEmulator:
         self._fs = None
 
     @classmethod
-    def start(cls) -> GcsEmulator:
-        log_path = Path(tempfile.mkstemp(prefix="gcs-emulator-", suffix=".log")[1])
-        port = _free_port()
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, __file__, "--port", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        emulator = cls(process, f"http://{_HOST}:{port}", log_path)
-        emulator._wait_until_ready()
-        return emulator
+    def start(cls, attempts: int = 3) -> GcsEmulator:
+        """Start on a free port; retried because another process may take the port before the child binds it."""
+        for attempt in range(1, attempts + 1):
+            log_path = Path(tempfile.mkstemp(prefix="gcs-emulator-", suffix=".log")[1])
+            port = _free_port()
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    [sys.executable, __file__, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+                )
+            emulator = cls(process, f"http://{_HOST}:{port}", log_path)
+            try:
+                emulator._wait_until_ready()
+            except RuntimeError:
+                if attempt == attempts:
+                    raise
+            else:
+                return emulator
+        raise AssertionError("unreachable")
 
     def __enter__(self) -> GcsEmulator:
         return self

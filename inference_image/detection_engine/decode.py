@@ -109,7 +109,10 @@ def redact(text: str) -> str:
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode `data` into an HxWx3 uint8 RGB array (C-contiguous, read-only), or raise `ImageError`."""
+    """Decode `data` into an HxWx3 uint8 RGB array, or raise `ImageError`.
+
+    The array is C-contiguous and read-only (a view of the bytes Pillow hands over, not a second copy):
+    copy it, e.g. into a batch tensor, before writing to it."""
     if not data:
         raise ImageError("empty_file", "0 bytes")
     image = _open(data)
@@ -238,4 +241,6 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
 def _sixteen_bit_to_rgb(values: np.ndarray) -> np.ndarray:
     wide = np.clip(values, 0, 65535).astype(np.uint32)
     grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    rgb.flags.writeable = False  # the same contract as the arrays viewed from Pillow's bytes
+    return rgb

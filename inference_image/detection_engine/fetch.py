@@ -4,6 +4,9 @@ Local paths, file://, gs:// (gcsfs) and http(s):// all go through the same code.
 `decode.ImageError` with one of the fetch reason codes (not_found, permission_denied, is_directory,
 empty_file, fetch_error), so a bad object is one error row and never stops the shard.
 
+URIs are taken as fsspec takes them: local paths and file:// URIs are literal (no percent-decoding), so
+names with spaces or non-ASCII characters are written as they are.
+
 Filesystem objects are built once per protocol and shared by all fetch threads: gcsfs and fsspec's http
 filesystem run their requests on one event loop and keep their connection pools, so rebuilding them per
 image would throw away both. When STORAGE_EMULATOR_HOST is set (tests, local development), gs:// talks to

@@ -41,6 +41,7 @@ def test_each_corpus_file_has_its_expected_outcome(corpus, name):
         assert pixels.shape == (height, width, 3)
         assert pixels.dtype == np.uint8
         assert pixels.flags.c_contiguous
+        assert not pixels.flags.writeable
     else:
         with pytest.raises(ImageError) as caught:
             decode_image(case.data())
