@@ -174,7 +174,10 @@ def _text_uris(data: bytes, uri: str) -> list[str]:
         raise ManifestError(f"shard manifest {redact(uri)} is neither Parquet nor UTF-8 text") from None
     if "\x00" in text:
         raise ManifestError(f"shard manifest {redact(uri)} is neither Parquet nor text (contains NUL bytes)")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    lines = (
+        line.strip() for line in text.split("\n")
+    )  # "\n" only: str.splitlines also splits on U+2028 etc.
+    return [line for line in lines if line]
 
 
 def _check_no_blank(uris: list, uri: str) -> None:
