@@ -321,20 +321,29 @@ def plan() -> list[dict]:
 
 @task(trigger_rule="all_done")
 def compare(runs: list[dict]) -> dict[str, str]:
-    """Write the comparison table of every planned run, even when some failed; then fail if any left no
-    record, so a partial sweep is never mistaken for a complete one."""
+    """Write the comparison table of every planned run, even when some failed (see `compare_runs`)."""
     from detection_pipeline.settings import load_settings
     from detection_pipeline.warehouse import open_warehouse
 
     context = get_current_context()
     params, sweep_run_id = context["params"], context["run_id"]
-    warehouse = open_warehouse(params["warehouse"], gcp_conn_id=load_settings().gcp_conn_id)
-    records = {run["trigger_run_id"]: warehouse.run_record(run["trigger_run_id"]) for run in runs}
-    rows = comparison_rows(runs, records)
-    uris = write_comparison(
-        rows, sweep_prefix(params["output_uri"], sweep_run_id), f"Model sweep {sweep_run_id}"
+    return compare_runs(
+        open_warehouse(params["warehouse"], gcp_conn_id=load_settings().gcp_conn_id),
+        runs,
+        sweep_prefix(params["output_uri"], sweep_run_id),
+        f"Model sweep {sweep_run_id}",
     )
+
+
+def compare_runs(warehouse, runs: Sequence[Mapping], prefix: str, title: str) -> dict[str, str]:
+    """Read each planned run's record, write the table, then fail if any run left no record: the table
+    still shows the runs that finished, and a partial sweep is never mistaken for a complete one."""
+    records = {run["trigger_run_id"]: warehouse.run_record(run["trigger_run_id"]) for run in runs}
+    uris = write_comparison(comparison_rows(runs, records), prefix, title)
     missing = [run_id for run_id, record in records.items() if record is None]
     if missing:
-        raise SweepError(f"{len(missing)} of {len(runs)} runs left no run record: {', '.join(missing)}")
+        raise SweepError(
+            f"{len(missing)} of {len(runs)} runs left no run record: {', '.join(missing)}; "
+            f"the table of the others is at {uris['markdown']}"
+        )
     return uris

@@ -271,3 +271,44 @@ def test_the_table_is_written_to_gcs(gcs_bucket, two_runs):
     uris = sweep.write_comparison(_rows(two_runs), sweep.sweep_prefix(f"{gcs_bucket}/out", SWEEP_RUN), "t")
     with fsspec.open(uris["markdown"], "r") as fh:
         assert "| fasterrcnn_resnet50_fpn |" in fh.read()
+
+
+# -- from the warehouse ----------------------------------------------------------------------------
+
+_SAMPLE = {"STRING": "x", "INT64": 0, "FLOAT64": 0.0, "BOOL": False, "DATE": "2026-11-21"}
+
+
+def full_record(run_id: str, **values) -> dict:
+    """A record the warehouse accepts: every REQUIRED runs column filled with a sample of its type."""
+    base = {
+        f.name: _SAMPLE.get(f.type, "2026-11-21T00:00:00+00:00") if f.mode == "REQUIRED" else None
+        for f in schema.RUNS
+    }
+    return {**base, "run_id": run_id, **values}
+
+
+def read_csv(uri: str) -> list[dict]:
+    with fsspec.open(uri, "r") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_compare_reads_the_records_from_a_real_warehouse_and_names_runs_without_one(tmp_path, two_runs):
+    from detection_pipeline.warehouse import open_warehouse
+
+    warehouse = open_warehouse(f"duckdb://{tmp_path}/wh.duckdb")
+    warehouse.ensure_tables()
+    first, second = (r["trigger_run_id"] for r in two_runs)
+    warehouse.write_run_record(full_record(first, processed=64, coco_map=0.25, images_per_s=12.5))
+    prefix = sweep.sweep_prefix(str(tmp_path / "out"), SWEEP_RUN)
+
+    with pytest.raises(SweepError, match=f"1 of 2 runs left no run record: {re.escape(second)}"):
+        sweep.compare_runs(warehouse, two_runs, prefix, "t")
+    written = read_csv(f"{prefix}/comparison.csv")  # the table is written all the same
+    assert [(r["images"], r["box_map"], r["images_per_s"]) for r in written] == [
+        ("64", "0.25", "12.5"),
+        ("", "", ""),
+    ]
+
+    warehouse.write_run_record(full_record(second, processed=64))
+    uris = sweep.compare_runs(warehouse, two_runs, prefix, "t")
+    assert [r["images"] for r in read_csv(uris["csv"])] == ["64", "64"]
