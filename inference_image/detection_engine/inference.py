@@ -1,0 +1,113 @@
+"""One batch through the model: device copy, autocast, inference mode, threshold and cap, OOM halving.
+
+torchvision detectors already map boxes back to each input image's pixels; what is left here is the engine's
+score threshold and detection cap, applied on the device before one copy back to the host per tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from detection_engine.preprocess import model_input
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+Model = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections, best first, boxes as x1, y1, x2, y2 in the original image's pixels."""
+
+    boxes: np.ndarray  # (n, 4) float32
+    scores: np.ndarray  # (n,) float32
+    labels: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An image the model could not run on (it does not fit in device memory even alone)."""
+
+    reason: str
+
+
+class Detector:
+    """Runs batches of host image tensors (HxWx3 uint8) through a loaded detector.
+
+    A CUDA out-of-memory error on a batch retries it as two halves, recursively; an image that does not fit
+    even alone becomes `Failed`, so one huge image costs one error row, not the shard.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        device: torch.device,
+        precision: str = "fp32",
+        score_threshold: float = 0.5,
+        max_detections: int = 50,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.precision = precision
+        self.score_threshold = score_threshold
+        self.max_detections = max_detections
+        self.oom_splits = 0
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> list[Detections | Failed]:
+        with torch.inference_mode():
+            return self._run(list(images))
+
+    def _run(self, images: list[torch.Tensor]) -> list[Detections | Failed]:
+        try:
+            return self._forward(images)
+        except torch.OutOfMemoryError:
+            pass  # retried below, outside the handler, so the failed attempt's tensors are freed first
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(images) == 1:
+            height, width = images[0].shape[:2]
+            return [Failed(f"out_of_memory: a {width}x{height} image does not fit on {self.device} alone")]
+        self.oom_splits += 1
+        half = (len(images) + 1) // 2
+        log.warning(
+            "out of memory on a batch of %d images; retrying as %d + %d",
+            len(images),
+            half,
+            len(images) - half,
+        )
+        return self._run(images[:half]) + self._run(images[half:])
+
+    def _forward(self, images: list[torch.Tensor]) -> list[Detections | Failed]:
+        inputs = [model_input(image, self.device) for image in images]
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            outputs = self.model(inputs)
+        return [self._postprocess(output) for output in outputs]
+
+    def _postprocess(self, output: dict[str, torch.Tensor]) -> Detections:
+        scores = output["scores"].float()
+        keep = torch.nonzero(scores > self.score_threshold).flatten()
+        # torchvision returns detections sorted by score; a stable sort keeps its order for ties.
+        order = torch.sort(scores[keep], descending=True, stable=True).indices[: self.max_detections]
+        keep = keep[order]
+        return Detections(
+            boxes=output["boxes"][keep].float().cpu().numpy(),
+            scores=scores[keep].cpu().numpy(),
+            labels=output["labels"][keep].cpu().numpy().astype(np.int64),
+        )

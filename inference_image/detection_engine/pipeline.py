@@ -1,0 +1,270 @@
+"""The shard's data path: fetch and decode run ahead of the model, batches of similar shapes, one result per URI.
+
+    URIs ──► fetch pool ──► decode pool ──► ordered, bounded look-ahead ──► grouping window ──► Detector
+                 (I/O)         (CPU)         (prefetch_batches x batch)     (similar aspect ratios)
+
+Loads are consumed in manifest order with at most `prefetch_batches * batch_size` in flight, so memory stays
+bounded and a re-run forms the same batches (detections depend slightly on a batch's padding). Images that
+fail to fetch or decode never enter a batch: they become error results right away.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from detection_engine.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from detection_engine.fetch import fetch_bytes
+from detection_engine.inference import Detections, Detector, Failed
+from detection_engine.preprocess import host_tensor
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    batch_size: int = 8
+    fetch_workers: int = 8
+    decode_workers: int = max(1, min(4, os.cpu_count() or 1))
+    prefetch_batches: int = 3
+    group_window: int = 4  # batches' worth of decoded images searched for similar shapes; 1 = arrival order
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class Loaded:
+    """One input after fetch and decode: a host tensor ready for the model, or the reason it failed."""
+
+    index: int
+    uri: str
+    tensor: torch.Tensor | None = None  # HxWx3 uint8
+    error: str | None = None
+    fetch_s: float | None = None
+    decode_s: float | None = None
+
+    @property
+    def width(self) -> int:
+        return int(self.tensor.shape[1]) if self.tensor is not None else 0
+
+    @property
+    def height(self) -> int:
+        return int(self.tensor.shape[0]) if self.tensor is not None else 0
+
+
+@dataclass
+class ImageResult:
+    uri: str
+    error: str | None
+    width: int | None = None
+    height: int | None = None
+    detections: Detections | None = None
+    fetch_s: float | None = None
+    decode_s: float | None = None
+    infer_s: float | None = None  # the image's share of its batch's time
+
+
+@dataclass
+class PipelineOutcome:
+    results: list[ImageResult]  # in manifest order, one per URI
+    batches: list[list[int]] = field(default_factory=list)  # manifest indices of each batch, in run order
+    batch_latencies_s: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def infer_s(self) -> float:
+        return sum(self.batch_latencies_s)
+
+    @property
+    def fetch_s(self) -> float:
+        return sum(r.fetch_s or 0.0 for r in self.results)
+
+    @property
+    def decode_s(self) -> float:
+        return sum(r.decode_s or 0.0 for r in self.results)
+
+
+class Loader:
+    """Fetch (I/O-bound, many threads) chained into decode (CPU-bound, few threads); never raises per image."""
+
+    def __init__(self, fetch_workers: int, decode_workers: int, max_pixels: int, pin_memory: bool) -> None:
+        self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
+        self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self._max_pixels = max_pixels
+        self._pin = pin_memory
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fetch_pool.shutdown(wait=True, cancel_futures=True)
+        self._decode_pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, index: int, uri: str) -> Future[Loaded]:
+        done: Future[Loaded] = Future()
+
+        def decode_when_fetched(fetched: Future[tuple[Loaded, bytes | None]]) -> None:
+            try:
+                item, data = fetched.result()
+                if data is None:
+                    done.set_result(item)
+                else:
+                    decoding = self._decode_pool.submit(self._decode, item, data)
+                    decoding.add_done_callback(lambda f: _copy_outcome(f, done))
+            except BaseException as exc:  # a pool shut down under us: surface it, never hang the consumer
+                done.set_exception(exc)
+
+        self._fetch_pool.submit(self._fetch, index, uri).add_done_callback(decode_when_fetched)
+        return done
+
+    @staticmethod
+    def _fetch(index: int, uri: str) -> tuple[Loaded, bytes | None]:
+        started = time.perf_counter()
+        item = Loaded(index, uri)
+        data = None
+        try:
+            data = fetch_bytes(uri)
+        except ImageError as exc:
+            item.error = exc.reason
+        except MemoryError:
+            raise  # the process, not the image: fail the shard
+        except Exception as exc:  # fetch maps what it knows; anything else is still one error row
+            item.error = ImageError("fetch_error", f"{type(exc).__name__}: {exc}").reason
+        item.fetch_s = time.perf_counter() - started
+        return item, data
+
+    def _decode(self, item: Loaded, data: bytes) -> Loaded:
+        started = time.perf_counter()
+        image = None
+        try:
+            image = decode_image(data, self._max_pixels)
+        except ImageError as exc:
+            item.error = exc.reason
+        except MemoryError:
+            raise  # the process, not the image: fail the shard
+        except Exception as exc:  # decode maps what it knows; anything else is still one error row
+            item.error = ImageError("corrupt", f"{type(exc).__name__}: {exc}").reason
+        if image is not None:
+            item.tensor = host_tensor(image, self._pin)
+        item.decode_s = time.perf_counter() - started
+        return item
+
+
+def _copy_outcome(source: Future, target: Future) -> None:
+    if source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())
+
+
+def load_in_order(uris: Sequence[str], loader: Loader, max_in_flight: int) -> Iterator[Loaded]:
+    """Loads in manifest order, keeping up to `max_in_flight` fetches/decodes running ahead of the consumer."""
+    pending: deque[Future[Loaded]] = deque()
+    upcoming = iter(enumerate(uris))
+    for index, uri in upcoming:
+        pending.append(loader.submit(index, uri))
+        if len(pending) >= max_in_flight:
+            break
+    while pending:
+        item = pending.popleft().result()
+        following = next(upcoming, None)
+        if following is not None:
+            pending.append(loader.submit(*following))
+        yield item
+
+
+def _aspect(item: Loaded) -> float:
+    return math.log(item.width / item.height)
+
+
+def group_batches(items: Iterable[Loaded], batch_size: int, window: int) -> Iterator[list[Loaded]]:
+    """Batches of `batch_size`, each the oldest waiting image plus the waiting images closest to it in aspect
+    ratio, searched over a window of `window` images (torchvision pads a batch to its largest resized image,
+    and images of one aspect ratio resize to one shape). At most `window` images wait, and the oldest always
+    leaves in the next batch, so none is passed over for long. `window <= batch_size` keeps arrival order.
+    """
+    waiting: list[Loaded] = []
+    for item in items:
+        waiting.append(item)
+        if len(waiting) >= max(window, batch_size):
+            yield _take_batch(waiting, batch_size)
+    while waiting:
+        yield _take_batch(waiting, batch_size)
+
+
+def _take_batch(waiting: list[Loaded], batch_size: int) -> list[Loaded]:
+    oldest = _aspect(waiting[0])
+    # sorted() is stable: among equally close images, earlier arrivals go first.
+    chosen = sorted(range(len(waiting)), key=lambda i: abs(_aspect(waiting[i]) - oldest))[:batch_size]
+    chosen_set = set(chosen)
+    batch = [waiting[i] for i in sorted(chosen)]
+    waiting[:] = [item for i, item in enumerate(waiting) if i not in chosen_set]
+    return batch
+
+
+def run_pipeline(
+    uris: Sequence[str],
+    detector: Detector,
+    options: PipelineOptions,
+    on_progress: Callable[[int], None] | None = None,
+) -> PipelineOutcome:
+    """Every URI in, exactly one `ImageResult` per URI out, in manifest order."""
+    started = time.perf_counter()
+    results: list[ImageResult | None] = [None] * len(uris)
+    outcome = PipelineOutcome(results=[])
+    done = 0
+
+    def report(count: int) -> None:
+        nonlocal done
+        done += count
+        if on_progress is not None:
+            on_progress(done)
+
+    def decoded(stream: Iterable[Loaded]) -> Iterator[Loaded]:
+        for item in stream:
+            if item.error is None:
+                yield item
+            else:
+                results[item.index] = ImageResult(
+                    item.uri, item.error, fetch_s=item.fetch_s, decode_s=item.decode_s
+                )
+                report(1)
+
+    window = options.batch_size * max(1, options.group_window)
+    max_in_flight = options.batch_size * max(1, options.prefetch_batches)
+    pin = detector.device.type == "cuda"
+    with Loader(options.fetch_workers, options.decode_workers, options.max_image_pixels, pin) as loader:
+        stream = decoded(load_in_order(uris, loader, max_in_flight))
+        for batch in group_batches(stream, options.batch_size, window):
+            batch_started = time.perf_counter()
+            outputs = detector([item.tensor for item in batch])
+            latency = time.perf_counter() - batch_started
+            for item, output in zip(batch, outputs, strict=True):
+                results[item.index] = _result(item, output, latency / len(batch))
+            outcome.batches.append([item.index for item in batch])
+            outcome.batch_latencies_s.append(latency)
+            report(len(batch))
+
+    missing = [uris[i] for i, r in enumerate(results) if r is None]
+    if missing:  # an invariant, not an input error: fail the shard rather than write a short file
+        raise RuntimeError(f"{len(missing)} images have no result, e.g. {missing[0]}")
+    outcome.results = results  # type: ignore[assignment]
+    outcome.wall_s = time.perf_counter() - started
+    return outcome
+
+
+def _result(item: Loaded, output: Detections | Failed, infer_s: float) -> ImageResult:
+    common = {
+        "width": item.width,
+        "height": item.height,
+        "fetch_s": item.fetch_s,
+        "decode_s": item.decode_s,
+        "infer_s": infer_s,
+    }
+    if isinstance(output, Failed):
+        return ImageResult(item.uri, output.reason, **common)
+    return ImageResult(item.uri, None, detections=output, **common)
