@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING
 
 from detection_pipeline.launch.engine_args import engine_arguments
 from detection_pipeline.launch.pod import detect_shard_kwargs
+from detection_pipeline.settings import LAUNCHERS
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.mappedoperator import OperatorPartial
 
     from detection_pipeline.settings import Settings
 
-__all__ = ["LAUNCHERS", "detect_shard_kwargs", "detect_task", "engine_arguments"]
+__all__ = ["detect_shard_kwargs", "detect_task", "engine_arguments"]
 
-LAUNCHERS = ("local", "kubernetes")
 TASK_ID = "detect"
 # A retry re-runs the whole shard and replaces its files (atomic writes), so retrying is always safe; it
 # covers preempted GPU nodes and transient storage errors.
