@@ -23,7 +23,7 @@ def loaded(tiny_options):
 
 @pytest.fixture
 def images(tmp_path, write_images) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p).convert("RGB")) for p in write_images(tmp_path, SIZES)]
+    return [np.array(Image.open(p).convert("RGB")) for p in write_images(tmp_path, SIZES)]
 
 
 def _host(images: list[np.ndarray]) -> list[torch.Tensor]:

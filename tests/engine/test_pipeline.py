@@ -23,6 +23,8 @@ from detection_engine.pipeline import (
 )
 from tests.bad_inputs import write_corpus
 
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+
 # One representative per family, and the mobilenet Faster R-CNN variant (cheap).
 FAMILY_MODELS = [
     "fasterrcnn_resnet50_fpn",

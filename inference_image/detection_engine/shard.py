@@ -1,0 +1,123 @@
+"""One shard, start to finish: read its manifest, load the model once, run the pipeline, write its files.
+
+Files are written in the order results, metrics, summary, so a summary (what Airflow reads back) only exists
+once the shard's data does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from detection_engine import layout
+from detection_engine.fetch import read_shard_manifest
+from detection_engine.inference import Detector
+from detection_engine.metrics import UtilizationSampler, shard_metrics
+from detection_engine.models import ModelOptions, load_model
+from detection_engine.pipeline import PipelineOptions, run_pipeline
+from detection_engine.progress import Progress
+from detection_engine.writer import RowContext, json_bytes, parquet_bytes, results_table, write_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUMMARY_PATH = "/airflow/xcom/return.json"  # where KubernetesPodOperator's xcom sidecar reads
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    manifest: str
+    output_prefix: str
+    run_id: str
+    run_date: date
+    shard_index: int
+    model: ModelOptions
+    pipeline: PipelineOptions
+    summary_path: str = DEFAULT_SUMMARY_PATH
+    log_interval_s: float = 30.0
+
+
+def read_manifest(uri: str) -> list[str]:
+    """The shard's URIs, each once, in manifest order (the planner dedupes; a repeat here would be a 2nd row)."""
+    uris = read_shard_manifest(uri)  # raises ManifestError with the one line the user sees
+    unique = list(dict.fromkeys(uris))
+    if len(unique) < len(uris):
+        log.warning(
+            "shard manifest %s lists %d URIs more than once; each gets one row", uri, len(uris) - len(unique)
+        )
+    return unique
+
+
+def run_shard(job: ShardJob) -> dict:
+    """Process the shard and return the summary written to `job.summary_path`."""
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    uris = read_manifest(job.manifest)
+    log.info("shard %d: %d images from %s", job.shard_index, len(uris), job.manifest)
+
+    loaded = load_model(job.model)
+    log.info(
+        "model %s (weights %s) on %s, %s, loaded in %.1fs",
+        loaded.spec.name,
+        loaded.weights_id,
+        loaded.device,
+        loaded.precision,
+        loaded.load_s,
+    )
+    detector = Detector(
+        loaded.model, loaded.device, loaded.precision, job.model.score_threshold, job.model.max_detections
+    )
+    progress = Progress(job.shard_index, len(uris), job.log_interval_s)
+    with UtilizationSampler(loaded.device) as utilization:
+        outcome = run_pipeline(uris, detector, job.pipeline, progress.update)
+    progress.finish()
+    finished_at = datetime.now(UTC)
+    wall_s = time.perf_counter() - started
+
+    results_uri = layout.shard_results_uri(job.output_prefix, job.shard_index)
+    metrics_uri = layout.shard_metrics_uri(job.output_prefix, job.shard_index)
+    context = RowContext(
+        run_id=job.run_id,
+        run_date=job.run_date,
+        shard_index=job.shard_index,
+        model_name=loaded.spec.name,
+        weights_id=loaded.weights_id,
+        random_weights=loaded.random_weights,
+        processed_at=finished_at,
+        categories=loaded.categories,
+    )
+    metrics = shard_metrics(
+        run_id=job.run_id,
+        run_date=job.run_date,
+        shard_index=job.shard_index,
+        outcome=outcome,
+        loaded=loaded,
+        batch_size=job.pipeline.batch_size,
+        started_at=started_at,
+        finished_at=finished_at,
+        wall_s=wall_s,
+        gpu_utilization=utilization.mean,
+    )
+    write_atomic(results_uri, parquet_bytes(results_table(outcome.results, context)))
+    write_atomic(metrics_uri, json_bytes(metrics))
+    summary = {
+        "run_id": job.run_id,
+        "shard_index": job.shard_index,
+        "images": metrics["images"],
+        "ok": metrics["ok"],
+        "failed": metrics["failed"],
+        "results_uri": results_uri,
+        "metrics_uri": metrics_uri,
+        "wall_s": wall_s,
+        "images_per_s": metrics["images_per_s"],
+    }
+    write_atomic(job.summary_path, json_bytes(summary))
+    log.info(
+        "shard %d: wrote %s (%d ok, %d failed)",
+        job.shard_index,
+        results_uri,
+        summary["ok"],
+        summary["failed"],
+    )
+    return summary
