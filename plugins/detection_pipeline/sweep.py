@@ -67,6 +67,7 @@ _PUBLISHED_WEIGHTS = ("DEFAULT", "COCO_V1")  # the weights those numbers were me
 # Airflow's default allowed_run_id_pattern is ^[A-Za-z0-9_.~:+-]+$; its run_id column holds 250 characters.
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.~:+-]")
 _RUN_ID_MAX = 250
+_ENUM_MEMBER = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 class SweepError(ValueError):
@@ -154,7 +155,8 @@ def _checked_list(params: Mapping[str, Any], name: str, allowed: Iterable[str]) 
 
 
 def _is_state_dict(weights: str) -> bool:
-    return "/" in weights or "\\" in weights or weights.endswith((".pt", ".pth"))
+    """Anything but a weights enum member name (DEFAULT, COCO_V1) or random weights names a file."""
+    return weights != catalog.RANDOM_WEIGHTS and not _ENUM_MEMBER.fullmatch(weights)
 
 
 # -- the comparison table ------------------------------------------------------------------------
