@@ -16,7 +16,7 @@ DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(ROOT / "dags"), include_examples=False)
+    return DagBag(dag_folder=str(ROOT / "dags"))
 
 
 def test_no_import_errors(dagbag):
