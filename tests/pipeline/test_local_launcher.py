@@ -66,7 +66,13 @@ def shard(tmp_path: Path) -> dict:
         min_size=64,
         max_size=96,
     )
-    return {"config": config, "run_prefix": run_prefix, "uris": uris, "corrupt": str(corrupt)}
+    return {
+        "config": config,
+        "run_prefix": run_prefix,
+        "manifest": manifest,
+        "uris": uris,
+        "corrupt": str(corrupt),
+    }
 
 
 def _operator(shard: dict, settings=None, **config_overrides) -> tuple[DAG, LocalShardOperator]:
@@ -74,7 +80,7 @@ def _operator(shard: dict, settings=None, **config_overrides) -> tuple[DAG, Loca
     config = dataclasses.replace(shard["config"], **config_overrides)
     kwargs = detect_shard_kwargs(
         config.to_dict(),
-        {"shard_index": 0, "images": len(shard["uris"])},
+        {"shard_index": 0, "images": len(shard["uris"]), "manifest_uri": shard["manifest"]},
         run_id=RUN_ID,
         run_date=RUN_DATE,
         run_prefix=shard["run_prefix"],

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import socket
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -16,7 +17,7 @@ from kubernetes.client import ApiClient
 from detection_pipeline.config import RunConfig
 from detection_pipeline.launch import MAP_INDEX_TEMPLATE, RETRIES, RETRY_DELAY, detect_task
 from detection_pipeline.launch.engine_args import engine_arguments
-from detection_pipeline.launch.pod import POD_NAME_MAX, detect_shard_kwargs, pod_name, run_hash
+from detection_pipeline.launch.pod import POD_NAME_MAX, RUN_AS_USER, detect_shard_kwargs, pod_name, run_hash
 from detection_pipeline.settings import load_settings
 
 K8S_VERSION = (
@@ -27,6 +28,7 @@ SIDECAR_IMAGE = "registry.example/alpine:3.20"
 RUN_ID = "scheduled__2026-11-21T00:00:00+00:00"
 RUN_DATE = "2026-11-21"
 RUN_PREFIX = "gs://bucket/out/scheduled__2026-11-21T00_00_00+00_00"
+DOCKERFILE = Path(__file__).resolve().parents[2] / "inference_image" / "Dockerfile"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -59,7 +61,7 @@ def _config() -> dict:
     ).to_dict()
 
 
-SHARD = {"shard_index": 3, "images": 1000}
+SHARD = {"shard_index": 3, "images": 1000, "manifest_uri": f"{RUN_PREFIX}/shards/shard-00003.parquet"}
 
 
 @pytest.fixture
@@ -112,7 +114,7 @@ def test_rendered_pod_is_a_valid_gpu_pod_running_the_engine_arguments(connection
         run_id=RUN_ID,
         run_date=RUN_DATE,
         shard_index=3,
-        manifest_uri=f"{RUN_PREFIX}/shards/shard-00003.parquet",
+        manifest_uri=SHARD["manifest_uri"],
     )
     assert "--weights=gs://bucket/models/detector with space.pth" in engine["args"]
     assert engine["resources"] == {
@@ -137,13 +139,13 @@ def test_pod_runs_as_non_root_with_a_read_only_root_and_writable_scratch(connect
     spec = _rendered_pod(settings, kwargs)["spec"]
 
     assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["runAsUser"] == 1000
+    assert spec["securityContext"]["runAsUser"] == RUN_AS_USER
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     engine, sidecar = spec["containers"]
     assert sidecar["image"] == SIDECAR_IMAGE  # read from the connection the settings name
     for container in (engine, sidecar):
         context = container["securityContext"]
-        assert context["runAsNonRoot"] is True and context["runAsUser"] == 1000, container["name"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] == RUN_AS_USER, container["name"]
         assert context["allowPrivilegeEscalation"] is False, container["name"]
         assert context["readOnlyRootFilesystem"] is True, container["name"]
         assert context["capabilities"] == {"drop": ["ALL"]}, container["name"]
@@ -152,6 +154,13 @@ def test_pod_runs_as_non_root_with_a_read_only_root_and_writable_scratch(connect
     # Every path the engine writes is an emptyDir: scratch and the XCom summary.
     for path in ("/tmp", "/airflow/xcom"):
         assert "emptyDir" in volumes[mounts[path]], path
+
+
+def test_pod_runs_as_the_user_the_image_creates():
+    """A read-only root leaves the image's own files readable only as intended when the uids agree."""
+    created = re.search(r"useradd\b[^\n]*--uid (\d+)", DOCKERFILE.read_text())
+    assert created, f"{DOCKERFILE} creates no user with a fixed uid"
+    assert int(created.group(1)) == RUN_AS_USER
 
 
 def test_pod_is_named_and_labelled_by_run_and_shard(connection):

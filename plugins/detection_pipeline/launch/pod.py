@@ -16,7 +16,6 @@ import hashlib
 import re
 from typing import TYPE_CHECKING, Any
 
-from detection_engine import layout
 from detection_pipeline.config import RunConfig
 from detection_pipeline.launch.engine_args import engine_arguments
 
@@ -29,7 +28,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 APP_LABEL = "object-detection"
 IMAGE_ENV = "DETECTION_CONTAINER_IMAGE"  # the engine records which image produced a shard
-RUN_AS_USER = 1000
+RUN_AS_USER = 10001  # the image's `detector` user (inference_image/Dockerfile)
 
 # The operator appends "-" and 8 random characters to the name so that a retry never collides with the
 # failed pod kept for debugging; it truncates the head to fit 63, so we stay within 54 to keep our tail.
@@ -61,6 +60,8 @@ def detect_shard_kwargs(
 ) -> dict[str, Any]:
     """One mapped `detect` instance's kwargs, from the run's config and one shard spec (JSON in, JSON out).
 
+    `shard_spec` is one of `sharding.plan_shards`'s specs: `{"shard_index", "images", "manifest_uri"}`.
+
     `settings` gives the pod's CPU and memory requests; it defaults to the deployment's settings because this
     runs inside a task (plan_shards), where they are read from the same environment as at parse time.
     """
@@ -70,7 +71,6 @@ def detect_shard_kwargs(
         settings = load_settings()
     config = RunConfig.from_dict(config_dict)
     shard_index = int(shard_spec["shard_index"])
-    manifest = shard_spec.get("manifest_uri") or layout.shard_manifest_uri(run_prefix, shard_index)
     memory = str(settings.pod_memory_request)
     return {
         "arguments": engine_arguments(
@@ -79,7 +79,7 @@ def detect_shard_kwargs(
             run_id=run_id,
             run_date=run_date,
             shard_index=shard_index,
-            manifest_uri=manifest,
+            manifest_uri=shard_spec["manifest_uri"],
         ),
         "image": config.image,
         "namespace": config.namespace,
