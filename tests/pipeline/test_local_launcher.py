@@ -17,7 +17,7 @@ from detection_engine import layout
 from detection_pipeline.config import RunConfig
 from detection_pipeline.launch import MAP_INDEX_TEMPLATE, RETRIES, detect_task
 from detection_pipeline.launch.local import LocalShardOperator
-from detection_pipeline.launch.pod import detect_shard_kwargs
+from detection_pipeline.launch.pod import IMAGE_ENV, detect_shard_kwargs
 from detection_pipeline.settings import load_settings
 
 RUN_ID = "manual__2026-11-21T08:00:00+00:00"
@@ -161,3 +161,9 @@ def test_local_and_kubernetes_detect_are_the_same_mapped_task(shard):
         dag.get_template_env().from_string(MAP_INDEX_TEMPLATE).render(task=operator)
         == "shard 00000 (4 images)"
     )
+
+
+def test_the_pod_sets_the_variable_the_engine_reads_its_image_from():
+    from detection_engine.metrics import CONTAINER_IMAGE_ENV  # torch side
+
+    assert IMAGE_ENV == CONTAINER_IMAGE_ENV

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 APP_LABEL = "object-detection"
-IMAGE_ENV = "DETECTION_CONTAINER_IMAGE"  # the engine records which image produced a shard
+# The engine records which image produced a shard from this variable (detection_engine.metrics, which imports
+# torch, so the name is repeated here; tests/pipeline/test_local_launcher.py checks they agree).
+IMAGE_ENV = "DETECTION_CONTAINER_IMAGE"
 RUN_AS_USER = 10001  # the image's `detector` user (inference_image/Dockerfile)
 
 # The operator appends "-" and 8 random characters to the name so that a retry never collides with the
