@@ -1,47 +1,364 @@
 """The run configuration: one validated, frozen object built once from the DAG's Params.
 
-Every task receives it as a plain dict over XCom (`to_dict`) and rebuilds it with `from_dict`.
+Each field declares its description and JSON schema beside it; `PARAMS` (the DAG's trigger form and conf
+validation) and the Python checks are both derived from those declarations, so the two cannot drift apart.
+Params are not the only way in (tests, scripts, `from_dict` over XCom), so a `RunConfig` checks everything
+again when it is constructed: an invalid one cannot exist. Every error is a `ConfigError` that starts with
+the field's name.
+
+Every task receives the config as a plain dict over XCom (`to_dict`) and rebuilds it with `from_dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from detection_engine.catalog import DEFAULT_MODEL
+from airflow.sdk import Param
+from jsonschema import Draft202012Validator
+
+from detection_engine.catalog import DEFAULT_MODEL, MODELS, PRECISIONS, RANDOM_WEIGHTS
+from detection_pipeline import uris
+from detection_pipeline.settings import Settings, load_settings
+
+DEDUP_MODES = ("uri", "content")
+SIZE_RANGE = (16, 4096)  # min_size / max_size, pixels
+# A torchvision weights enum member name (DEFAULT, COCO_V1, IMAGENET1K_V1, COCO_LEGACY); the enum itself is
+# checked by the engine, which imports torchvision.
+WEIGHTS_ENUM_MEMBER = r"^[A-Z][A-Z0-9_]*$"
+
+_NO_CONTROL = r"[^\u0000-\u001f\u007f]*"
+_STATE_DICT = r"\.(?:" + "|".join(uris.STATE_DICT_EXTENSIONS) + ")"
+_LOCAL_OR_GCS = r"(?:/|file:///|file://localhost/|gs://)"
 
 
 class ConfigError(ValueError):
-    """A run configuration that must not start a single pod."""
+    """A run configuration that must not start a single pod; the message starts with the field's name."""
+
+
+def _field(description: str, schema: dict, default: Any = dataclasses.MISSING, hint: str | None = None):
+    """A RunConfig field with its Param description and JSON schema (and, for patterns, what they mean)."""
+    return field(default=default, metadata={"description": description, "schema": schema, "hint": hint})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    input_uri: str  # gs:// or local prefix, or a manifest file (.txt/.csv/.parquet) of URIs
-    output_uri: str  # gs:// or local prefix; a run writes under {output_uri}/{safe_run_id}/
-    warehouse: str  # duckdb:///path/to/file.duckdb | bigquery://project/dataset
-    model: str = DEFAULT_MODEL
-    weights: str = "DEFAULT"  # torchvision enum member | state dict path/URI | none
-    weights_sha256: str | None = None
-    batch_size: int = 8
-    score_threshold: float = 0.5
-    max_detections: int = 50
-    min_size: int | None = None
-    max_size: int | None = None
-    precision: str = "fp32"  # fp32 | fp16 | bf16
-    shard_size: int = 1000  # images per shard (pod)
-    max_shards: int = 256  # never more pods than this (and never more than Airflow's max_map_length)
-    dedup_mode: str = "uri"  # uri | content
-    incremental: bool = False  # skip images this model version already processed in earlier runs
-    image: str = "detection-engine:latest"  # container image of inference_image/
-    gpu_type: str = "nvidia-l4"  # GKE accelerator label value
-    gpu_count: int = 1  # GPUs per pod
-    machine_type: str = "g2-standard-8"  # for costing (pricing table key)
-    namespace: str = "default"
+    input_uri: str = _field(
+        "Images to process: a gs:// or local prefix (listed recursively; image files only), or a manifest file "
+        "(.txt one URI per line, .csv or .parquet with an image_uri column), local, gs:// or http(s). "
+        "May contain {ds}, {ds_nodash}, {yyyy}, {mm}, {dd}, filled from the run's logical date.",
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 4096,
+            "pattern": rf"^(?:{_LOCAL_OR_GCS}|https?://){_NO_CONTROL}$",
+        },
+        hint="an absolute local path, file://, gs:// or http(s):// URI",
+    )
+    output_uri: str = _field(
+        "Where runs write their files: {output_uri}/{run_id}/manifest.parquet, shards/, results/, metrics/. "
+        "A gs:// or absolute local prefix, not inside input_uri.",
+        {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": rf"^{_LOCAL_OR_GCS}{_NO_CONTROL}$"},
+        hint="an absolute local path, file:// or gs:// URI",
+    )
+    warehouse: str = _field(
+        "Where results and run records are loaded: duckdb:///abs/path.duckdb or bigquery://project/dataset.",
+        {
+            "type": "string",
+            "pattern": r"^(?:duckdb:///[^?#\u0000-\u001f]*\.duckdb|bigquery://[a-z][a-z0-9-]{4,28}[a-z0-9]/"
+            r"[A-Za-z0-9_]{1,1024}(?:\?location=[A-Za-z][A-Za-z0-9-]{1,39})?)$",
+        },
+        hint="duckdb:///absolute/path.duckdb or bigquery://<project>/<dataset>",
+    )
+    model: str = _field(
+        "torchvision detector.", {"type": "string", "enum": sorted(MODELS)}, default=DEFAULT_MODEL
+    )
+    weights: str = _field(
+        "Weights: a member of the model's torchvision weights enum (DEFAULT, COCO_V1, ...), a state dict file "
+        f"(.{', .'.join(uris.STATE_DICT_EXTENSIONS)}; absolute local path or gs://), or '{RANDOM_WEIGHTS}' "
+        "for seeded random weights.",
+        {
+            "type": "string",
+            "maxLength": 4096,
+            "pattern": rf"^(?:{RANDOM_WEIGHTS}|[A-Z][A-Z0-9_]*|{_LOCAL_OR_GCS}{_NO_CONTROL}{_STATE_DICT})$",
+        },
+        default="DEFAULT",
+        hint=f"a weights enum member like DEFAULT or COCO_V1, a state dict path or gs:// URI, or '{RANDOM_WEIGHTS}'",
+    )
+    weights_sha256: str | None = _field(
+        "SHA-256 (64 hex digits) the state dict file must have; only for weights given as a file.",
+        {"type": ["null", "string"], "pattern": r"^[0-9a-fA-F]{64}$"},
+        default=None,
+        hint="64 hexadecimal digits",
+    )
+    batch_size: int = _field(
+        "Images per model call.", {"type": "integer", "minimum": 1, "maximum": 256}, default=8
+    )
+    score_threshold: float = _field(
+        "Keep detections scoring at least this.", {"type": "number", "minimum": 0, "maximum": 1}, default=0.5
+    )
+    max_detections: int = _field(
+        "Keep at most this many detections per image, best first.",
+        {"type": "integer", "minimum": 1, "maximum": 1000},
+        default=50,
+    )
+    min_size: int | None = _field(
+        "Resize so the shorter side is this (torchvision's min_size); unset: the model's default (800).",
+        {"type": ["null", "integer"], "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1]},
+        default=None,
+    )
+    max_size: int | None = _field(
+        "Cap on the longer side after resizing (torchvision's max_size); unset: the model's default (1333).",
+        {"type": ["null", "integer"], "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1]},
+        default=None,
+    )
+    precision: str = _field(
+        "Inference precision; fp16/bf16 apply on GPU (the engine falls back to fp32 where unsupported).",
+        {"type": "string", "enum": list(PRECISIONS)},
+        default="fp32",
+    )
+    shard_size: int = _field(
+        "Images per shard (one pod each); more shards than max_shards are never made, so shards grow instead.",
+        {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+        default=1000,
+    )
+    max_shards: int = _field(
+        "At most this many shards (pods) per run; also capped by Airflow's core.max_map_length.",
+        {"type": "integer", "minimum": 1, "maximum": 1024},
+        default=256,
+    )
+    dedup_mode: str = _field(
+        "Deduplicate by URI, or also by content hash (reads every input once more).",
+        {"type": "string", "enum": list(DEDUP_MODES)},
+        default="uri",
+    )
+    incremental: bool = _field(
+        "Skip images this model and weights already processed in earlier runs (per the warehouse).",
+        {"type": "boolean"},
+        default=False,
+    )
+    image: str = _field(
+        "Container image of the detection engine (inference_image/).",
+        {"type": "string", "maxLength": 512, "pattern": uris.IMAGE_REFERENCE},
+        default="detection-engine:latest",
+        hint="a container image reference like 'europe-docker.pkg.dev/project/repo/detection-engine:1.0'",
+    )
+    gpu_type: str = _field(
+        "GKE accelerator label value of the GPU node pool (nvidia-l4, nvidia-tesla-t4, ...).",
+        {"type": "string", "pattern": uris.DNS_LABEL},
+        default="nvidia-l4",
+        hint="a Kubernetes label value (a-z, 0-9 and '-')",
+    )
+    gpu_count: int = _field("GPUs per pod.", {"type": "integer", "minimum": 1, "maximum": 8}, default=1)
+    machine_type: str = _field(
+        "Machine type of the GPU nodes; the key of the cost estimate's price table.",
+        {"type": "string", "pattern": uris.DNS_LABEL},
+        default="g2-standard-8",
+        hint="a machine type name (a-z, 0-9 and '-')",
+    )
+    namespace: str = _field(
+        "Kubernetes namespace of the shard pods.",
+        {"type": "string", "pattern": uris.DNS_LABEL},
+        default="default",
+        hint="a Kubernetes namespace (RFC 1123 label)",
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _check_field(f, getattr(self, f.name)))
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
+            raise ConfigError(f"min_size: {self.min_size} is larger than max_size {self.max_size}")
+        if not MODELS[self.model].resizable:
+            for name in ("min_size", "max_size"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name}: {self.model} has a fixed input size; leave {name} unset")
+        if self.weights_sha256 is not None and not _is_weights_file(self.weights):
+            raise ConfigError(
+                f"weights_sha256: only a state dict file can be checked, but weights is {self.weights!r}"
+            )
+        if _is_prefix(self.input_uri) and uris.is_within(self.output_uri, self.input_uri):
+            raise ConfigError(
+                f"output_uri: {self.output_uri!r} lies inside input_uri {self.input_uri!r}; "
+                "the run would list its own outputs"
+            )
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], logical_date: datetime | None) -> RunConfig:
+        """The run's config from its Params (or any mapping), date placeholders of input_uri resolved."""
+        values = _known_values(params)
+        if isinstance(values.get("input_uri"), str):
+            try:
+                values["input_uri"] = uris.resolve_placeholders(values["input_uri"], logical_date)
+            except uris.URIError as err:
+                raise ConfigError(f"input_uri: {err}") from None
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> RunConfig:
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Rebuild (and re-check) a config from `to_dict`'s output, e.g. after an XCom round trip."""
+        return cls(**_known_values(data))
+
+    # -- records -------------------------------------------------------------------------------
+
+    def redacted(self) -> dict:
+        """`to_dict` with credentials and signed-URL tokens masked: what run records and logs may keep."""
+        data = self.to_dict()
+        for name in ("input_uri", "output_uri", "weights"):
+            data[name] = uris.redact(data[name])
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.redacted(), sort_keys=True, separators=(",", ":"))
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
+# Fields whose default is a deployment setting rather than a constant.
+FROM_SETTINGS = ("input_uri", "output_uri", "warehouse", "image", "namespace", "gpu_type", "machine_type")
+
+
+def build_params(settings: Settings) -> dict[str, Param]:
+    """The DAG's Params: one per RunConfig field, defaults from the deployment's settings."""
+    params = {}
+    for name, f in FIELDS.items():
+        default = getattr(settings, name) if name in FROM_SETTINGS else f.default
+        params[name] = Param(default, description=f.metadata["description"], **f.metadata["schema"])
+    return params
+
+
+PARAMS: dict[str, Param] = build_params(load_settings())
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def _known_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    values = {key: data[key] for key in data}
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else str(key))
+        raise ConfigError(f"{unknown[0]}: unknown parameter(s): {', '.join(hints)}")
+    missing = [name for name, f in FIELDS.items() if f.default is dataclasses.MISSING and name not in values]
+    if missing:
+        raise ConfigError(f"{missing[0]}: required but not given (missing: {', '.join(missing)})")
+    return values
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> Any:
+    """The field's value, checked against its JSON schema and its meaning, in canonical form."""
+    schema = f.metadata["schema"]
+    if isinstance(value, float) and value.is_integer() and "integer" in _types(schema):
+        value = int(value)  # JSON has one number type; 8.0 is the integer 8 to the schema too
+    errors = list(Draft202012Validator(schema).iter_errors(value))
+    type_errors = [e for e in errors if e.validator == "type"]
+    if type_errors:
+        raise ConfigError(
+            f"{f.name}: must be {_describe_types(schema)}, got {type(value).__name__} {value!r}"
+        )
+    check = _MEANING.get(f.name)
+    if check is not None and value is not None:
+        try:
+            value = check(value)
+        except uris.URIError as err:
+            raise ConfigError(f"{f.name}: {err}") from None
+    for err in Draft202012Validator(schema).iter_errors(value):
+        raise ConfigError(f"{f.name}: {_explain(err, value, schema, f.metadata['hint'])}")
+    return value
+
+
+def _types(schema: dict) -> list[str]:
+    kind = schema["type"]
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _describe_types(schema: dict) -> str:
+    words = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false"}
+    return " or ".join("null" if t == "null" else words[t] for t in _types(schema))
+
+
+def _explain(err, value: Any, schema: dict, hint: str | None) -> str:
+    if err.validator == "enum":
+        return f"must be one of {', '.join(map(str, schema['enum']))}, got {value!r}"
+    if err.validator in ("minimum", "maximum"):
+        return f"must be from {schema['minimum']} to {schema['maximum']}, got {value!r}"
+    if err.validator == "pattern":
+        return f"{value!r} is not {hint or 'valid'}"
+    if err.validator in ("minLength", "maxLength"):
+        return f"must be {schema.get('minLength', 0)} to {schema.get('maxLength', 'any')} characters long"
+    return err.message
+
+
+def _input_uri(value: str) -> str:
+    if uris.placeholders(value):
+        raise uris.URIError(
+            f"{value!r} has date placeholders; build the config with from_params(..., logical_date)"
+        )
+    canonical = uris.check_storage_uri(value, http=True)
+    if canonical.lower().startswith(("http://", "https://")) and not _is_manifest_file(canonical):
+        raise uris.URIError(
+            f"{value!r}: an http(s) input must be a manifest file (.{', .'.join(uris.MANIFEST_EXTENSIONS)}); "
+            "only local and gs:// prefixes can be listed"
+        )
+    return uris.as_prefix(canonical)
+
+
+def _output_uri(value: str) -> str:
+    return uris.as_prefix(uris.check_storage_uri(value))
+
+
+def _warehouse(value: str) -> str:
+    uris.parse_warehouse(value)
+    return value
+
+
+def _weights(value: str) -> str:
+    if value == RANDOM_WEIGHTS or re.fullmatch(WEIGHTS_ENUM_MEMBER, value):
+        return value
+    canonical = uris.check_storage_uri(value)
+    if uris.extension(canonical) not in uris.STATE_DICT_EXTENSIONS:
+        raise uris.URIError(
+            f"{value!r} is neither a weights enum member (like DEFAULT or COCO_V1), '{RANDOM_WEIGHTS}', "
+            f"nor a state dict file (.{', .'.join(uris.STATE_DICT_EXTENSIONS)})"
+        )
+    return canonical
+
+
+_MEANING = {
+    "input_uri": _input_uri,
+    "output_uri": _output_uri,
+    "warehouse": _warehouse,
+    "weights": _weights,
+    "weights_sha256": str.lower,
+    "image": uris.check_image_reference,
+    "gpu_type": uris.check_dns_label,
+    "machine_type": uris.check_dns_label,
+    "namespace": uris.check_dns_label,
+}
+
+
+def _is_manifest_file(uri: str) -> bool:
+    return uris.extension(uri) in uris.MANIFEST_EXTENSIONS
+
+
+def _is_prefix(input_uri: str) -> bool:
+    return not _is_manifest_file(input_uri)
+
+
+def _is_weights_file(weights: str) -> bool:
+    return weights != RANDOM_WEIGHTS and "/" in weights

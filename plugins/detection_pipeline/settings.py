@@ -1,0 +1,202 @@
+"""Deployment settings: what differs between the embedded default and production, read from the environment.
+
+They are read when the DAG file is parsed, so reading them must stay cheap: environment variables only, no
+I/O, no connections. They pick the launcher and set the defaults of the run Params; a run's conf may still
+override every Param. The embedded default needs none of them: its defaults point at this repository's
+`var/` folder (the demo writes its sample images to `var/demo/images`).
+
+| variable | default | meaning |
+|---|---|---|
+| DETECTION_LAUNCHER | local | `local` (engine as a subprocess) or `kubernetes` (one GPU pod per shard) |
+| DETECTION_INPUT_URI | <repo>/var/demo/images | default input prefix or manifest file; may hold `{ds}` etc. |
+| DETECTION_OUTPUT_URI | <repo>/var/output | default output prefix |
+| DETECTION_WAREHOUSE | duckdb:///<repo>/var/warehouse.duckdb | or bigquery://<project>/<dataset> |
+| DETECTION_IMAGE | detection-engine:latest | the engine's container image |
+| DETECTION_NAMESPACE | default | Kubernetes namespace of the pods |
+| DETECTION_SERVICE_ACCOUNT | (none) | the pods' Kubernetes service account (Workload Identity) |
+| DETECTION_GPU_TYPE | nvidia-l4 | GKE accelerator label value |
+| DETECTION_MACHINE_TYPE | g2-standard-8 | machine type, for costing |
+| DETECTION_MAX_ACTIVE_PODS | 8 | cap on concurrently running shard pods (or local processes) |
+| DETECTION_MAX_ACTIVE_RUNS | 1 | concurrent runs of the DAG (backfills queue behind each other) |
+| DETECTION_KUBERNETES_CONN_ID | kubernetes_default | Airflow connection for the cluster |
+| DETECTION_GCP_CONN_ID | google_cloud_default | Airflow connection for BigQuery |
+| DETECTION_SCHEDULE | @daily | a preset, a cron expression, or `none` for manual runs only |
+| DETECTION_START_DATE | 2026-01-01 | first logical date (UTC) |
+| DETECTION_POD_CPU | 4 | CPU request of a shard pod (Kubernetes quantity) |
+| DETECTION_POD_MEMORY | 16Gi | memory request of a shard pod (Kubernetes quantity) |
+| DETECTION_POD_STARTUP_TIMEOUT_S | 900 | how long a pod may wait for a GPU node (autoscaling) and start |
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from detection_pipeline import uris
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LAUNCHERS = ("local", "kubernetes")
+SCHEDULE_PRESETS = (
+    "@once",
+    "@continuous",
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+)
+
+_CRON_FIELD = r"[0-9A-Za-z*?/,#LW-]+"
+_CRON = re.compile(rf"^{_CRON_FIELD}(?: +{_CRON_FIELD}){{4,5}}$")
+_QUANTITY = re.compile(r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+
+
+class SettingsError(ValueError):
+    """A deployment setting that the DAG cannot be parsed with; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    launcher: str
+    input_uri: str
+    output_uri: str
+    warehouse: str
+    image: str
+    namespace: str
+    service_account_name: str | None
+    gpu_type: str
+    machine_type: str
+    max_active_pods: int
+    max_active_runs: int
+    kubernetes_conn_id: str
+    gcp_conn_id: str
+    schedule: str | None
+    start_date: datetime
+    pod_cpu_request: str
+    pod_memory_request: str
+    pod_startup_timeout_s: int
+
+
+def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
+    """The deployment's settings from `env`; SettingsError naming the variable when one is invalid."""
+    var = REPO_ROOT / "var"
+    read = _Reader(env)
+    settings = Settings(
+        launcher=read("DETECTION_LAUNCHER", "local", _one_of(LAUNCHERS)),
+        input_uri=read("DETECTION_INPUT_URI", str(var / "demo" / "images"), _input_uri),
+        output_uri=read("DETECTION_OUTPUT_URI", str(var / "output"), _output_uri),
+        warehouse=read("DETECTION_WAREHOUSE", f"duckdb://{var / 'warehouse.duckdb'}", _warehouse),
+        image=read("DETECTION_IMAGE", "detection-engine:latest", uris.check_image_reference),
+        namespace=read("DETECTION_NAMESPACE", "default", uris.check_dns_label),
+        service_account_name=read("DETECTION_SERVICE_ACCOUNT", None, _service_account),
+        gpu_type=read("DETECTION_GPU_TYPE", "nvidia-l4", uris.check_dns_label),
+        machine_type=read("DETECTION_MACHINE_TYPE", "g2-standard-8", uris.check_dns_label),
+        max_active_pods=read("DETECTION_MAX_ACTIVE_PODS", "8", _integer(1, 1024)),
+        max_active_runs=read("DETECTION_MAX_ACTIVE_RUNS", "1", _integer(1, 64)),
+        kubernetes_conn_id=read("DETECTION_KUBERNETES_CONN_ID", "kubernetes_default", _conn_id),
+        gcp_conn_id=read("DETECTION_GCP_CONN_ID", "google_cloud_default", _conn_id),
+        schedule=read("DETECTION_SCHEDULE", "@daily", _schedule),
+        start_date=read("DETECTION_START_DATE", "2026-01-01", _date),
+        pod_cpu_request=read("DETECTION_POD_CPU", "4", _quantity),
+        pod_memory_request=read("DETECTION_POD_MEMORY", "16Gi", _quantity),
+        pod_startup_timeout_s=read("DETECTION_POD_STARTUP_TIMEOUT_S", "900", _integer(30, 24 * 3600)),
+    )
+    input_prefix = uris.static_prefix(settings.input_uri)
+    if input_prefix == settings.input_uri and uris.is_within(settings.output_uri, settings.input_uri):
+        raise SettingsError(
+            f"DETECTION_OUTPUT_URI: {settings.output_uri!r} lies inside DETECTION_INPUT_URI "
+            f"{settings.input_uri!r}; runs would list their own outputs"
+        )
+    return settings
+
+
+class _Reader:
+    """Reads one variable, applies its check, and names the variable in any error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def __call__(self, name: str, default: str | None, check: Callable[[str], Any]) -> Any:
+        raw = self._env.get(name)
+        value = default if raw is None or raw.strip() == "" else raw.strip()
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except ValueError as err:  # URIError and the checks below
+            raise SettingsError(f"{name}: {err}") from None
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def check(value: str) -> int:
+        if not re.fullmatch(r"[0-9]+", value) or not low <= int(value) <= high:
+            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}")
+        return int(value)
+
+    return check
+
+
+def _input_uri(value: str) -> str:
+    uris.placeholders(value)
+    return uris.as_prefix(uris.check_storage_uri(value, http=True, placeholders=True))
+
+
+def _output_uri(value: str) -> str:
+    return uris.as_prefix(uris.check_storage_uri(value))
+
+
+def _warehouse(value: str) -> str:
+    uris.parse_warehouse(value)
+    return value
+
+
+def _service_account(value: str) -> str:
+    if len(value) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", value):
+        raise ValueError(f"{value!r} is not a Kubernetes service account name (RFC 1123 subdomain)")
+    return value
+
+
+def _conn_id(value: str) -> str:
+    if not _CONN_ID.match(value):
+        raise ValueError(f"{value!r} is not an Airflow connection id (letters, digits, '_', '.', '-')")
+    return value
+
+
+def _schedule(value: str) -> str | None:
+    if value.lower() == "none":
+        return None
+    if value in SCHEDULE_PRESETS or _CRON.match(value):
+        return value
+    raise ValueError(
+        f"{value!r} is neither a preset ({', '.join(SCHEDULE_PRESETS)}), a cron expression, nor 'none'"
+    )
+
+
+def _date(value: str) -> datetime:
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        raise ValueError(f"must be a date like 2026-01-01, got {value!r}") from None
+    return day.replace(tzinfo=UTC)
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity like 4, 500m, 16Gi")
+    return value

@@ -1,0 +1,241 @@
+"""Checks and canonical forms for every address a run names: storage URIs, the warehouse, container images.
+
+Each check returns the canonical form or raises `URIError` with a message that reads after a field name
+("input_uri: ..."), so `settings` (environment variables) and `config` (run Params) reject the same values
+with the same words. The canonical form matters beyond tidiness: the manifest deduplicates and the
+warehouse skips already-processed images by comparing URI strings, so one image must have one spelling.
+
+This module is imported when DAG files are parsed, so it stays pure Python; `uri_columns` applies the same
+rules to whole Arrow columns for the manifest.
+
+Canonical storage URIs (`normalize`):
+
+- surrounding whitespace stripped (`WHITESPACE`); unicode and inner spaces kept, nothing percent-decoded;
+- `file:///a/b` and `file://localhost/a/b` become the local path `/a/b`;
+- runs of `/` collapse and `.` segments vanish in local paths and gs:// keys (`gs://b//x/./y` -> `gs://b/x/y`);
+- http(s) URLs are left as they are (their paths and queries are the server's business).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+WHITESPACE = " \t\r\n\x0b\x0c"
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+MANIFEST_EXTENSIONS = ("txt", "csv", "parquet")
+STATE_DICT_EXTENSIONS = ("pt", "pth", "bin", "ckpt")
+
+# GCS bucket names: 3-222 characters of lowercase letters, digits, '-', '_' and '.', alphanumeric at both ends.
+GCS_BUCKET = r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+PARENT_SEGMENT = re.compile(r"(^|/)\.\.(/|$)")
+_GCS = re.compile(rf"^gs://({GCS_BUCKET})(/.*)?$", re.DOTALL)
+HTTP_URL = r"^(?i:https?)://[^/?#\s]+"  # RE2-compatible too: uri_columns uses it in Arrow kernels
+_HTTP = re.compile(HTTP_URL)
+_FILE_SCHEME = re.compile(r"^file://(localhost)?/")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+# Container image reference (docker/distribution grammar): [host[:port]/]path[:tag][@algorithm:digest].
+_HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = (
+    rf"^(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*(?::[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+# Kubernetes names and label values (RFC 1123 label): namespaces, GPU accelerator labels, machine types.
+DNS_LABEL = r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$"
+
+# Warehouse URIs, the same grammar `warehouse.open_warehouse` accepts. Project and dataset names are checked
+# strictly because they end up inside SQL (`project.dataset.table`), where identifiers cannot be parameters.
+BIGQUERY_PROJECT = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
+BIGQUERY_DATASET = r"[A-Za-z0-9_]{1,1024}"
+BIGQUERY_LOCATION = r"[A-Za-z][A-Za-z0-9-]{1,39}"
+_BIGQUERY = re.compile(
+    rf"^bigquery://({BIGQUERY_PROJECT})/({BIGQUERY_DATASET})(?:\?location=({BIGQUERY_LOCATION}))?$"
+)
+_DUCKDB = re.compile(r"^duckdb://(/[^?#]*[^/?#]\.duckdb)$")
+
+# Date placeholders an input URI may carry, resolved from the run's logical date.
+PLACEHOLDERS = {
+    "ds": "%Y-%m-%d",
+    "ds_nodash": "%Y%m%d",
+    "yyyy": "%Y",
+    "mm": "%m",
+    "dd": "%d",
+}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+class URIError(ValueError):
+    """A URI, image reference or name that a run must not use; the message follows a field name."""
+
+
+# -- storage URIs --------------------------------------------------------------------------------
+
+
+def normalize(uri: str) -> str:
+    """The canonical spelling of a storage URI (rules in the module docstring); checks nothing."""
+    uri = uri.strip(WHITESPACE)
+    if _HTTP.match(uri):
+        return uri
+    uri = _FILE_SCHEME.sub("/", uri, count=1)
+    scheme = "gs://" if uri.startswith("gs://") else ""
+    path = uri[len(scheme) :]
+    path = re.sub(r"/+", "/", path)
+    path = re.sub(r"/(?:\./)+", "/", path)
+    path = re.sub(r"/\.$", "", path)
+    return scheme + path
+
+
+def check_storage_uri(uri: str, *, http: bool = False, placeholders: bool = False) -> str:
+    """The canonical form of a prefix or object URI: an absolute local path, file://, gs:// (or http(s)).
+
+    Rejects other schemes, relative paths (a worker's or pod's working directory is nobody's business),
+    `..` segments (a run reads and writes only where it says), and control characters.
+    """
+    if not isinstance(uri, str) or not uri.strip(WHITESPACE):
+        raise URIError("must be a non-empty URI")
+    if CONTROL_CHARACTERS.search(uri.strip(WHITESPACE)):
+        raise URIError(f"{uri!r} contains a control character")
+    if not placeholders and _PLACEHOLDER.search(uri):
+        raise URIError(f"{uri!r} contains a '{{...}}' placeholder, which only input_uri may use")
+    canonical = normalize(uri)
+    if _HTTP.match(canonical):
+        if not http:
+            raise URIError(f"{uri!r}: http(s) is allowed only for input_uri; use a local path or gs://")
+        return canonical
+    scheme = _SCHEME.match(canonical)
+    if canonical.startswith("file:"):
+        raise URIError(f"{uri!r}: a file URI must be file:///absolute/path")
+    if canonical.startswith("gs://"):
+        if not _GCS.match(canonical):
+            raise URIError(f"{uri!r} is not gs://<bucket>/<key> with a valid bucket name")
+    elif scheme and not canonical.startswith("/"):
+        allowed = "a local path, file://, gs://" + (" or http(s)://" if http else "")
+        raise URIError(f"{uri!r}: scheme {scheme.group(1)!r} is not supported; use {allowed}")
+    elif not canonical.startswith("/"):
+        raise URIError(f"{uri!r} is a relative path; give an absolute path, file:// or gs:// URI")
+    if PARENT_SEGMENT.search(canonical):
+        raise URIError(f"{uri!r} contains a '..' segment")
+    return canonical
+
+
+def as_prefix(uri: str) -> str:
+    """A canonical URI without its trailing '/', so prefixes compare and join predictably (root stays '/')."""
+    stripped = uri.rstrip("/")
+    if not stripped or stripped.endswith(":/"):
+        return uri
+    return stripped
+
+
+def is_within(uri: str, prefix: str) -> bool:
+    """Whether `uri` is `prefix` or lies under it (both canonical); `gs://b/a` is not within `gs://b/ab`."""
+    uri, prefix = as_prefix(uri), as_prefix(prefix)
+    return uri == prefix or uri.startswith(prefix.rstrip("/") + "/")
+
+
+def extension(uri: str) -> str:
+    """The lower-case extension of a URI's last path segment ('' when none), query and fragment ignored."""
+    path = re.split(r"[?#]", uri, maxsplit=1)[0] if _HTTP.match(uri) else uri
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def redact(uri: str) -> str:
+    """The URI with credentials and query strings (signed-URL tokens) masked, for records and logs."""
+    if not _HTTP.match(uri):
+        return uri
+    uri = re.sub(r"^(https?://)[^/@]*@", r"\1***@", uri, flags=re.IGNORECASE)
+    return re.sub(r"\?.*$", "?***", uri, flags=re.DOTALL)
+
+
+# -- date placeholders ---------------------------------------------------------------------------
+
+
+def placeholders(uri: str) -> list[str]:
+    """The `{name}` placeholders of a URI, in order; unknown names and unmatched braces raise URIError."""
+    names = _PLACEHOLDER.findall(uri)
+    unknown = sorted({n for n in names if n not in PLACEHOLDERS})
+    if unknown:
+        known = ", ".join("{" + n + "}" for n in PLACEHOLDERS)
+        raise URIError(f"{uri!r} has unknown placeholder(s) {', '.join(unknown)}; known: {known}")
+    if "{" in _PLACEHOLDER.sub("", uri) or "}" in _PLACEHOLDER.sub("", uri):
+        raise URIError(f"{uri!r} has an unmatched '{{' or '}}'")
+    return names
+
+
+def resolve_placeholders(uri: str, logical_date: datetime | None) -> str:
+    """`uri` with `{ds}`, `{ds_nodash}`, `{yyyy}`, `{mm}`, `{dd}` filled from the logical date (in UTC)."""
+    if not placeholders(uri):
+        return uri
+    if logical_date is None:
+        raise URIError(f"{uri!r} has date placeholders but the run has no logical date")
+    when = logical_date.astimezone(UTC) if logical_date.tzinfo else logical_date
+    return _PLACEHOLDER.sub(lambda m: when.strftime(PLACEHOLDERS[m.group(1)]), uri)
+
+
+def static_prefix(uri: str) -> str:
+    """The part of a URI before its first placeholder: what is known before the logical date is."""
+    return uri.split("{", 1)[0]
+
+
+# -- warehouse -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    kind: str  # duckdb | bigquery
+    path: str | None = None  # duckdb: absolute path of the database file
+    project: str | None = None  # bigquery
+    dataset: str | None = None  # bigquery
+    location: str | None = None  # bigquery, optional
+
+
+def parse_warehouse(uri: str) -> Warehouse:
+    """`duckdb:///abs/path.duckdb` or `bigquery://<project>/<dataset>[?location=EU]`, checked strictly."""
+    if not isinstance(uri, str):
+        raise URIError("must be a string")
+    if CONTROL_CHARACTERS.search(uri):
+        raise URIError(f"{uri!r} contains a control character")
+    if match := _DUCKDB.match(uri):
+        path = match.group(1)
+        if PARENT_SEGMENT.search(path):
+            raise URIError(f"{uri!r}: the DuckDB path contains a '..' segment")
+        return Warehouse("duckdb", path=path)
+    if match := _BIGQUERY.match(uri):
+        return Warehouse("bigquery", project=match.group(1), dataset=match.group(2), location=match.group(3))
+    if uri.startswith("bigquery://"):
+        raise URIError(
+            f"{uri!r}: expected bigquery://<project>/<dataset>[?location=LOC] with a GCP project id "
+            "(6-30 of a-z, 0-9 and '-', starting with a letter) and a dataset of letters, digits and '_'"
+        )
+    if uri.startswith("duckdb:"):
+        raise URIError(f"{uri!r}: expected duckdb:///absolute/path/to/file.duckdb")
+    raise URIError(f"{uri!r}: expected duckdb:///absolute/path.duckdb or bigquery://<project>/<dataset>")
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+def check_image_reference(reference: str) -> str:
+    """A container image reference: `[registry[:port]/]path[:tag][@sha256:digest]`."""
+    if not isinstance(reference, str) or not re.match(IMAGE_REFERENCE, reference) or len(reference) > 512:
+        raise URIError(
+            f"{reference!r} is not a container image reference like "
+            "'europe-docker.pkg.dev/project/repo/detection-engine:1.0'"
+        )
+    return reference
+
+
+def check_dns_label(name: str) -> str:
+    """A Kubernetes (RFC 1123) label: lower-case letters, digits and '-', at most 63, alphanumeric at both ends."""
+    if not isinstance(name, str) or not re.match(DNS_LABEL, name):
+        raise URIError(
+            f"{name!r} is not an RFC 1123 label (a-z, 0-9 and '-', at most 63, alphanumeric at both ends)"
+        )
+    return name
