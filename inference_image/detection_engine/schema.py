@@ -163,6 +163,15 @@ RUNS: tuple[Field, ...] = (
     _f("coco_ar100", "FLOAT64", "NULLABLE", "Recall with 100 detections per image"),
 )
 
+# The run's manifest ({run}/manifest.parquet, sorted by image_uri) and each shard's ({run}/shards/*.parquet,
+# its image_uri column only). Files, not warehouse tables: not in TABLES.
+MANIFEST: tuple[Field, ...] = (
+    _f("image_uri", "STRING", "REQUIRED", "Normalised URI of a unique input image"),
+    _f("shard_index", "INT64", "REQUIRED", "The shard that processes it"),
+    _f("content_sha1", "STRING", "NULLABLE", "SHA-1 of its bytes, when dedup_mode=content (null: unreadable)"),
+)
+SHARD_MANIFEST: tuple[Field, ...] = MANIFEST[:1]
+
 TABLES: dict[str, tuple[Field, ...]] = {"results": RESULTS, "shard_metrics": SHARD_METRICS, "runs": RUNS}
 
 # -- derivations ---------------------------------------------------------------------------------

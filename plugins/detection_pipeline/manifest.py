@@ -1,0 +1,395 @@
+"""Build a run's manifest: every unique input image once, sorted by URI, with the shard that processes it.
+
+    list -> normalise -> keep images -> [drop already processed] -> sort, dedupe by URI -> [dedupe by content]
+         -> write {run_prefix}/manifest.parquet  (image_uri, shard_index [, content_sha1])
+
+Sources (input_uri):
+
+- a local or gs:// prefix, listed recursively; only image files count (by extension, any case: IMAGE_EXTENSIONS),
+  the rest (sidecar JSON, _SUCCESS markers, ...) are counted as `skipped_not_image`;
+- a manifest file (.txt one URI per line, blank lines and '#' comments ignored; .csv with an `image_uri` or
+  `uri` column, or a single column without header; .parquet with `image_uri` or `uri`), local, gs:// or http(s).
+  Every entry of a manifest file is kept, whatever its extension: the user named it, and an entry that is
+  not a decodable image becomes an error row for that image rather than vanishing from the counts.
+  An entry that is not a usable URI (relative path, other scheme, '..', control character) fails the build,
+  naming the first few, rather than being dropped.
+
+URIs are normalised by `uris.normalize`'s rules, so one image has one spelling everywhere. Order is by URI
+(code point order), so a re-run over the same input writes the same manifest and the same shards. With
+dedup_mode=content the first URI (in that order) of each set of identical files is kept; files that cannot be
+read are kept too (their read error becomes their result row). Content is hashed after the incremental
+filter, so a daily incremental run hashes only its new images.
+
+The work is columnar and bounded in memory: batches of URIs are normalised and checked with Arrow kernels
+and appended to a DuckDB table; DuckDB sorts it (spilling to disk past `DUCKDB_MEMORY_LIMIT`); the sorted
+stream is deduplicated batch by batch into a scratch file, and a last pass adds each row's shard. Python
+touches single rows only to hash file contents, which is I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from detection_engine import layout, schema
+from detection_pipeline import sharding, storage, uri_columns, uris
+from detection_pipeline.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+URI_COLUMNS = ("image_uri", "uri")  # accepted names of the URI column of .csv and .parquet manifests
+HASH_WORKERS = 16  # concurrent reads when hashing contents (I/O bound)
+DUCKDB_MEMORY_LIMIT = "1GB"  # beyond this DuckDB sorts on disk, which keeps 10M URIs under 2 GB of RSS
+BATCH_ROWS = 1 << 20
+_EXAMPLES = 5
+
+ProcessedURIs = pa.Array | pa.ChunkedArray | Collection[str]
+
+
+class ManifestError(RuntimeError):
+    """The input cannot be turned into a manifest (missing, unreadable, wrong shape, unusable URIs)."""
+
+
+@dataclass(frozen=True)
+class ManifestStats:
+    listed: int  # image URIs found before dedup (a manifest file: its non-blank entries)
+    duplicates: int  # repeated URIs, plus (dedup_mode=content) URIs whose bytes an earlier URI has
+    skipped_not_image: int  # files of a listed prefix that are not images
+    skipped_incremental: int  # unique images this model and weights already processed in earlier runs
+    unique: int  # images in the manifest: listed - duplicates - skipped_incremental
+    manifest_uri: str
+
+
+def build_manifest(
+    config: RunConfig,
+    run_prefix: str,
+    already_processed: Callable[[], ProcessedURIs] | None = None,
+) -> ManifestStats:
+    """List, normalise, filter and deduplicate the run's input; write its manifest atomically.
+
+    `already_processed` is called only for incremental runs and returns the URIs to skip (an Arrow array of
+    strings or any collection of str); it is a callable so that other runs never query the warehouse.
+    """
+    if config.incremental and already_processed is None:
+        raise ValueError("an incremental run needs already_processed")
+    target = layout.manifest_uri(run_prefix)
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="detection-manifest-")))
+        con = _connect(scratch)
+        stack.callback(con.close)
+        batches, listing = _source(config.input_uri, stack)
+        listed, not_image = _load(con, batches, listing)
+        incremental = _drop_processed(con, already_processed()) if config.incremental else 0
+        sorted_uris = scratch / "sorted.parquet"
+        distinct = _sort_unique(con, sorted_uris)
+        con.close()  # frees DuckDB's memory before the last pass
+        unique = _write_manifest(sorted_uris, target, config)
+    stats = ManifestStats(
+        listed=listed,
+        duplicates=listed - incremental - unique,
+        skipped_not_image=not_image,
+        skipped_incremental=incremental,
+        unique=unique,
+        manifest_uri=target,
+    )
+    log.info("manifest of %s: %s (%d distinct URIs)", uris.redact(config.input_uri), stats, distinct)
+    return stats
+
+
+# -- sources: batches of raw URI strings ---------------------------------------------------------
+
+
+def _source(input_uri: str, stack: ExitStack) -> tuple[Iterator[pa.Array], bool]:
+    """Batches of the input's raw URIs, and whether they come from listing a prefix (images filtered)."""
+    kind = uris.extension(input_uri)
+    if kind not in uris.MANIFEST_EXTENSIONS:
+        return _chunks(_list_prefix(input_uri)), True
+    try:
+        local = stack.enter_context(storage.local_copy(input_uri))
+    except FileNotFoundError:
+        raise ManifestError(f"input manifest {uris.redact(input_uri)} does not exist") from None
+    if kind == "parquet":
+        return _read_parquet(local, input_uri), False
+    if kind == "csv":
+        return _chunks(_read_csv(local, input_uri)), False
+    return _chunks(_read_text(local, input_uri)), False
+
+
+def _chunks(values: pa.Array) -> Iterator[pa.Array]:
+    for start in range(0, len(values), BATCH_ROWS):
+        yield values.slice(start, BATCH_ROWS)
+
+
+def _list_prefix(input_uri: str) -> pa.Array:
+    fs, path = storage.filesystem_for(input_uri)
+    if storage.is_local(fs) and not os.path.isdir(path):
+        raise ManifestError(f"input prefix {input_uri} is not a directory")
+    try:
+        found = fs.find(path)
+    except FileNotFoundError:
+        raise ManifestError(f"input prefix {uris.redact(input_uri)} does not exist") from None
+    listed = pa.array(found, pa.string())
+    if storage.is_local(fs):
+        return listed
+    return pc.binary_join_element_wise("gs://", listed, "")  # gcsfs lists bucket/key
+
+
+def _uri_column(names: list[str], input_uri: str) -> str:
+    for name in URI_COLUMNS:
+        if name in names:
+            return name
+    raise ManifestError(
+        f"input manifest {uris.redact(input_uri)} has no {' or '.join(URI_COLUMNS)} column (columns: {names})"
+    )
+
+
+def _read_parquet(local: str, input_uri: str) -> Iterator[pa.Array]:
+    try:
+        file = pq.ParquetFile(local)
+    except pa.ArrowInvalid as err:
+        raise ManifestError(
+            f"input manifest {uris.redact(input_uri)} is not readable Parquet: {err}"
+        ) from None
+    column = _uri_column(file.schema_arrow.names, input_uri)
+    kind = file.schema_arrow.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ManifestError(
+            f"input manifest {uris.redact(input_uri)}: column {column!r} is {kind}, not string"
+        )
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=[column]):
+        yield batch.column(0)
+
+
+def _read_csv(local: str, input_uri: str) -> pa.Array:
+    """The URI column of a CSV: `image_uri` or `uri` by header, or the only column of a headerless file."""
+    if os.path.getsize(local) == 0:
+        return pa.array([], pa.string())
+    try:
+        names = pacsv.open_csv(local).schema.names
+        if len(names) == 1 and names[0] not in URI_COLUMNS:
+            read, column = pacsv.ReadOptions(column_names=["raw"]), "raw"
+        else:
+            read, column = pacsv.ReadOptions(), _uri_column(names, input_uri)
+        table = pacsv.read_csv(
+            local,
+            read_options=read,
+            convert_options=pacsv.ConvertOptions(
+                include_columns=[column], column_types={column: pa.string()}, strings_can_be_null=False
+            ),
+        )
+    except pa.ArrowInvalid as err:
+        raise ManifestError(f"input manifest {uris.redact(input_uri)} is not readable CSV: {err}") from None
+    return table.column(column).combine_chunks()
+
+
+def _read_text(local: str, input_uri: str) -> pa.Array:
+    """The lines of a UTF-8 text file, split column-wise (no Python loop over lines)."""
+    data = Path(local).read_bytes().removeprefix(b"\xef\xbb\xbf")
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    text = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
+    try:
+        text.validate(full=True)
+    except pa.ArrowInvalid:
+        raise ManifestError(f"input manifest {uris.redact(input_uri)} is not UTF-8 text") from None
+    return pc.split_pattern(text, "\n").flatten()
+
+
+# -- normalise, filter, load ---------------------------------------------------------------------
+
+
+def _connect(scratch: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(
+        ":memory:",
+        config={
+            "threads": os.cpu_count() or 1,
+            "memory_limit": DUCKDB_MEMORY_LIMIT,
+            "temp_directory": str(scratch / "duckdb"),  # spill here, never into the working directory
+            "preserve_insertion_order": False,  # order comes from the explicit sort
+        },
+    )
+
+
+def _query(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+    """Run one statement to completion (DuckDB refuses new work while a result is unread)."""
+    return con.execute(sql).fetchall()
+
+
+def _load(con: duckdb.DuckDBPyConnection, batches: Iterator[pa.Array], listing: bool) -> tuple[int, int]:
+    """Table `candidates(image_uri)`: every usable image URI, canonical, repeats included.
+
+    Returns (listed, skipped_not_image). Unusable URIs fail the build after all batches were seen, so the
+    error can say how many there are.
+    """
+    _query(con, "CREATE TEMP TABLE candidates (image_uri VARCHAR NOT NULL)")
+    listed = not_image = unusable = 0
+    examples: list[str] = []
+    for raw in batches:
+        values = uri_columns.normalize_array(raw.drop_null().cast(pa.string()))
+        keep = pc.not_equal(values, "")
+        if not listing:  # comments are a manifest file's; a listed object may well start with '#'
+            keep = pc.and_(keep, pc.invert(pc.starts_with(values, "#")))
+        values = values.filter(keep)
+        if listing:
+            images = values.filter(uri_columns.image_array(values))
+            not_image += len(values) - len(images)
+            values = images
+        bad = uri_columns.unusable_array(values)
+        if pc.any(bad).as_py():
+            unusable += pc.sum(bad).as_py()
+            examples.extend(values.filter(bad).slice(0, _EXAMPLES).to_pylist())
+        listed += len(values)
+        con.register("batch", pa.table({"image_uri": values}))
+        _query(con, "INSERT INTO candidates SELECT image_uri FROM batch")
+        con.unregister("batch")
+    if unusable:
+        shown = ", ".join(repr(e) for e in sorted(examples)[:_EXAMPLES])
+        raise ManifestError(
+            f"{unusable} input URI(s) are not usable (an absolute local path, gs:// or http(s) URL is needed; "
+            f"no '..' segments or control characters), e.g. {shown}"
+        )
+    return listed, not_image
+
+
+def _drop_processed(con: duckdb.DuckDBPyConnection, processed: ProcessedURIs) -> int:
+    """Remove the URIs earlier runs processed; returns how many distinct URIs that was."""
+    if isinstance(processed, pa.ChunkedArray):
+        processed = processed.combine_chunks()
+    elif not isinstance(processed, pa.Array):
+        processed = pa.array(list(processed), pa.string())
+    con.register(
+        "done", pa.table({"image_uri": uri_columns.normalize_array(processed.drop_null().cast(pa.string()))})
+    )
+    [(skipped,)] = _query(
+        con,
+        "SELECT count(DISTINCT image_uri) FROM candidates WHERE image_uri IN (SELECT image_uri FROM done)",
+    )
+    _query(con, "DELETE FROM candidates WHERE image_uri IN (SELECT image_uri FROM done)")
+    con.unregister("done")
+    return int(skipped)
+
+
+def _sort_unique(con: duckdb.DuckDBPyConnection, out: Path) -> int:
+    """Write the distinct candidates, sorted, to `out` (column image_uri); returns how many.
+
+    Sorting then dropping each row equal to its predecessor is cheaper than grouping then sorting. The sort
+    key skips the prefix all URIs share (one bucket, one folder): DuckDB sorts strings by a fixed-size key
+    prefix first, which a long common prefix would make useless; the order is the same.
+    """
+    [(first, last)] = _query(con, "SELECT min(image_uri), max(image_uri) FROM candidates")
+    common = len(os.path.commonprefix([first, last])) if first is not None else 0
+    reader = con.sql(
+        f"SELECT image_uri FROM candidates ORDER BY substr(image_uri, {common + 1})"
+    ).to_arrow_reader(BATCH_ROWS)
+    kept, previous = 0, None
+    out_schema = manifest_schema(["image_uri"])
+    with pq.ParquetWriter(out, out_schema, **storage.URI_LIST_PARQUET) as writer:
+        for batch in reader:
+            values = batch.column(0).cast(pa.string())
+            before = pa.concat_arrays([pa.array([previous], pa.string()), values.slice(0, len(values) - 1)])
+            values = values.filter(pc.fill_null(pc.not_equal(values, before), True))
+            if len(values):
+                writer.write_batch(pa.record_batch([values], schema=out_schema))
+                kept += len(values)
+            previous = batch.column(0)[-1].as_py() if batch.num_rows else previous
+    return kept
+
+
+# -- content dedup -------------------------------------------------------------------------------
+
+
+def content_sha1(image_uris: list[str]) -> pa.Array:
+    """SHA-1 of each URI's bytes, read concurrently; null where the object cannot be read."""
+    with ThreadPoolExecutor(HASH_WORKERS) as pool:
+        digests = list(pool.map(_sha1_or_none, image_uris))
+    unreadable = digests.count(None)
+    if unreadable:
+        log.warning("%d of %d inputs could not be read to hash; each is kept", unreadable, len(digests))
+    return pa.array(digests, pa.string())
+
+
+def _sha1_or_none(uri: str) -> str | None:
+    digest = hashlib.sha1(usedforsecurity=False)
+    try:
+        fs, path = storage.filesystem_for(uri)
+        with fs.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except Exception as exc:  # the engine reports the read error as the image's result row
+        log.debug("cannot hash %s: %s", uris.redact(uri), exc)
+        return None
+    return digest.hexdigest()
+
+
+def _first_of_each_content(digests: pa.Array) -> np.ndarray:
+    """Mask of the rows to keep: the first row of each digest, and every row without one."""
+    positions = pa.array(np.arange(len(digests), dtype=np.int64))
+    firsts = (
+        pa.table({"digest": digests, "position": positions})
+        .filter(pc.is_valid(digests))
+        .group_by("digest")
+        .aggregate([("position", "min")])
+        .column("position_min")
+        .to_numpy()
+    )
+    keep = ~pc.is_valid(digests).to_numpy(zero_copy_only=False)
+    keep[firsts] = True
+    return keep
+
+
+# -- write ---------------------------------------------------------------------------------------
+
+
+def manifest_schema(names: list[str] | None = None) -> pa.Schema:
+    """The manifest's Arrow schema (schema.MANIFEST), or the subset of it named."""
+    fields = schema.MANIFEST if names is None else tuple(f for f in schema.MANIFEST if f.name in names)
+    return schema.arrow_schema(fields)
+
+
+def _write_manifest(sorted_uris: Path, target: str, config: RunConfig) -> int:
+    """The manifest from the sorted unique URIs: shard of each row, and content dedup when asked."""
+    with_hash = config.dedup_mode == "content"
+    out_schema = manifest_schema(
+        ["image_uri", "shard_index", "content_sha1"] if with_hash else ["image_uri", "shard_index"]
+    )
+    source = pq.ParquetFile(sorted_uris)
+    if with_hash:
+        image_uris = source.read().column("image_uri").combine_chunks()
+        digests = content_sha1(image_uris.to_pylist())
+        keep = pa.array(_first_of_each_content(digests))
+        batches = [
+            pa.record_batch(
+                [image_uris.filter(keep), digests.filter(keep)], names=["image_uri", "content_sha1"]
+            )
+        ]
+        unique = len(batches[0])
+    else:
+        batches = source.iter_batches(batch_size=BATCH_ROWS)
+        unique = source.metadata.num_rows
+    shards = sharding.shard_count(unique, config)
+    written = 0
+    with (
+        storage.atomic_local_path(target) as tmp,
+        pq.ParquetWriter(tmp, out_schema, **storage.URI_LIST_PARQUET) as writer,
+    ):
+        for batch in batches:
+            columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+            columns["shard_index"] = pa.array(
+                sharding.shard_indices(written, written + batch.num_rows, unique, shards)
+            )
+            writer.write_batch(pa.record_batch([columns[f.name] for f in out_schema], schema=out_schema))
+            written += batch.num_rows
+    return written

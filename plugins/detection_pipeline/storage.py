@@ -1,0 +1,75 @@
+"""Files by URI for the Airflow side: local paths and gs:// alike, every write atomic.
+
+Atomic means a reader, or a retried task, sees the previous file or the new one, never a part of one: a local
+file is written beside its target and renamed over it; an object store gets one upload, which it publishes
+whole. Filesystems come from the engine's `filesystem_for`, so both sides reach a URI the same way (one
+client per protocol; the GCS emulator when STORAGE_EMULATOR_HOST is set).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractFileSystem
+
+from detection_engine.fetch import filesystem_for
+
+__all__ = ["atomic_local_path", "filesystem_for", "is_local", "local_copy", "write_parquet"]
+
+_TMP_SUFFIX = ".tmp"
+# For manifests (sorted URI lists): no dictionary (every value is distinct), zstd (shared prefixes compress
+# ~30x); a 9M-URI manifest is ~17 MB and reads in a fraction of a second.
+URI_LIST_PARQUET = {"compression": "zstd", "use_dictionary": False}
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+@contextmanager
+def atomic_local_path(uri: str) -> Iterator[str]:
+    """A local path to write the file for `uri` to; published at `uri` only when the block succeeds."""
+    fs, path = filesystem_for(uri)
+    if is_local(fs):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP_SUFFIX)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix="detection-upload-", suffix=_TMP_SUFFIX)
+    os.close(fd)
+    try:
+        yield tmp
+        if is_local(fs):
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from a reader running as another user
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)  # one object upload
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_parquet(table: pa.Table, uri: str, **options) -> None:
+    with atomic_local_path(uri) as tmp:
+        pq.write_table(table, tmp, **(URI_LIST_PARQUET | options))
+
+
+@contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """A local path with the contents of `uri`: the file itself when local, else a temporary download."""
+    fs, path = filesystem_for(uri)
+    if is_local(fs):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="detection-download-") as tmp:
+        local = os.path.join(tmp, "copy" + Path(path).suffix)
+        fs.get_file(path, local)
+        yield local
