@@ -330,11 +330,11 @@ def _warehouse(value: str) -> str:
 def _weights(value: str) -> str:
     if value == RANDOM_WEIGHTS or re.fullmatch(WEIGHTS_ENUM_MEMBER, value):
         return value
-    canonical = uris.check_storage_uri(value)
+    canonical = uris.check_storage_uri(value) if "/" in value else value
     if uris.extension(canonical) not in uris.STATE_DICT_EXTENSIONS:
         raise uris.URIError(
             f"{value!r} is neither a weights enum member (like DEFAULT or COCO_V1), '{RANDOM_WEIGHTS}', "
-            f"nor a state dict file (.{', .'.join(uris.STATE_DICT_EXTENSIONS)})"
+            f"nor a state dict file (.{', .'.join(uris.STATE_DICT_EXTENSIONS)}, absolute path or gs://)"
         )
     return canonical
 
