@@ -138,6 +138,8 @@ def _list_prefix(input_uri: str) -> pa.Array:
     fs, path = storage.filesystem_for(input_uri)
     if storage.is_local(fs) and not os.path.isdir(path):
         raise ManifestError(f"input prefix {input_uri} is not a directory")
+    if not storage.is_local(fs):
+        fs.invalidate_cache(path)  # the client is shared by the process: list the bucket as it is now
     try:
         found = fs.find(path)
     except FileNotFoundError:

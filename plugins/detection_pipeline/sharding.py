@@ -21,6 +21,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from detection_engine import layout, schema
@@ -65,7 +66,7 @@ def plan_shards(config: RunConfig, run_prefix: str, manifest_uri: str) -> list[d
     shards/ folder always matches its manifest.
     """
     fs, path = storage.filesystem_for(manifest_uri)
-    table = pq.read_table(path, columns=["image_uri", "shard_index"], filesystem=fs)
+    table = pq.read_table(pa.BufferReader(fs.cat_file(path)), columns=["image_uri", "shard_index"])
     boundaries = _boundaries(table.column("shard_index").to_numpy(), manifest_uri)
     cap = min(config.max_shards, max_map_length())
     if len(boundaries) - 1 > cap:

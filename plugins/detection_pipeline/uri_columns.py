@@ -35,15 +35,17 @@ def _rewrite(values: pa.Array) -> pa.Array:
     path = pc.replace_substring_regex(path, r"/+", "/")
     path = pc.replace_substring_regex(path, r"/(\./)+", "/")
     path = pc.replace_substring_regex(path, r"/\.$", "")
-    canonical = pc.if_else(is_gs, pc.binary_join_element_wise("gs://", path, ""), path)
+    scheme, nothing = pa.scalar("gs://", path.type), pa.scalar("", path.type)
+    canonical = pc.if_else(is_gs, pc.binary_join_element_wise(scheme, path, nothing), path)
     return pc.if_else(pc.match_substring_regex(values, HTTP_URL), values, canonical)
 
 
 def unusable_array(canonical: pa.Array) -> pa.BooleanArray:
     """True where a canonical object URI is not one `check_storage_uri(..., http=True)` accepts: another
-    scheme, a relative path, a '..' segment, a control character. (Bucket names are left to the store: a
-    bad one becomes that image's not_found error row.)"""
-    local_or_gs = pc.or_(pc.starts_with(canonical, "/"), pc.starts_with(canonical, "gs://"))
+    scheme, a relative path, gs:// without a bucket, a '..' segment, a control character. (The finer rules
+    of bucket names are left to the store: a bad one becomes that image's not_found error row.)"""
+    gs = pc.and_(pc.starts_with(canonical, "gs://"), pc.invert(pc.starts_with(canonical, "gs:///")))
+    local_or_gs = pc.or_(pc.starts_with(canonical, "/"), gs)
     bad = pc.invert(local_or_gs)
     if pc.any(bad).as_py():
         bad = pc.and_(bad, pc.invert(pc.match_substring_regex(canonical, HTTP_URL)))

@@ -1,0 +1,378 @@
+"""build_manifest over real files: local folders, .txt/.csv/.parquet manifests, gs:// (emulator), http."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from detection_engine import layout
+from detection_pipeline import manifest
+from detection_pipeline.config import RunConfig
+from detection_pipeline.manifest import ManifestError, ManifestStats, build_manifest
+from detection_pipeline.sharding import plan_shards
+
+
+def _config(tmp_path: Path, input_uri: str | Path, **overrides) -> RunConfig:
+    values = dict(
+        input_uri=str(input_uri),
+        output_uri=str(tmp_path / "out"),
+        warehouse=f"duckdb://{tmp_path / 'w.duckdb'}",
+    )
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def _build(config: RunConfig, already_processed=None) -> tuple[ManifestStats, pa.Table]:
+    run_prefix = layout.run_prefix(config.output_uri, "manual__2026-11-21T00:00:00+00:00")
+    stats = build_manifest(config, run_prefix, already_processed)
+    return stats, pq.read_table(stats.manifest_uri)
+
+
+def _write(path: Path, data: bytes | str = b"\xff\xd8not really a jpeg") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _invariant(stats: ManifestStats) -> None:
+    assert stats.listed == stats.duplicates + stats.skipped_incremental + stats.unique
+
+
+# -- a listed prefix -------------------------------------------------------------------------------
+
+
+def test_a_listed_folder_keeps_image_files_sorted_and_counts_the_rest(tmp_path):
+    images = tmp_path / "images"
+    kept = [
+        _write(images / "2026-11-21" / "cam-2" / "b.JPG"),
+        _write(images / "2026-11-21" / "cam-1" / "a.jpeg"),
+        _write(images / "a.png"),
+        _write(images / "deep" / "er" / "still" / "c.webp"),
+        _write(images / "été 2026" / "ä b.TIFF"),
+        _write(images / "x.bmp"),
+        _write(images / "x.gif"),
+        _write(images / "x.tif"),
+    ]
+    for other in ("meta.json", "_SUCCESS", "notes.txt", "jpg", "archive.jpg.zip"):
+        _write(images / "2026-11-21" / other)
+
+    stats, table = _build(_config(tmp_path, images))
+
+    assert table.column("image_uri").to_pylist() == sorted(str(p) for p in kept)
+    assert (stats.listed, stats.skipped_not_image, stats.duplicates, stats.unique) == (8, 5, 0, 8)
+    assert table.schema.names == ["image_uri", "shard_index"]
+    _invariant(stats)
+
+
+def test_an_empty_folder_makes_an_empty_manifest_and_no_shards(tmp_path):
+    (tmp_path / "images").mkdir()
+    config = _config(tmp_path, tmp_path / "images")
+
+    stats, table = _build(config)
+
+    assert (stats.listed, stats.unique) == (0, 0)
+    assert table.num_rows == 0 and table.schema.names == ["image_uri", "shard_index"]
+    run_prefix = str(Path(stats.manifest_uri).parent)
+    assert plan_shards(config, run_prefix, stats.manifest_uri) == []
+    assert not (Path(run_prefix) / "shards").exists()
+
+
+@pytest.mark.parametrize("missing", ["no-such-folder", "no-such-list.txt", "no-such.parquet"])
+def test_a_missing_input_fails_with_its_name(tmp_path, missing):
+    with pytest.raises(ManifestError, match=missing):
+        _build(_config(tmp_path, tmp_path / missing))
+
+
+# -- manifest files --------------------------------------------------------------------------------
+
+
+def test_a_text_manifest_is_normalised_and_deduplicated(tmp_path):
+    a = _write(tmp_path / "images" / "a.jpg")
+    text = "\r\n".join(
+        [
+            "# exported 2026-11-21",
+            f"{a}",
+            f"  file://{a}  ",  # the same image, spelled differently
+            f"{tmp_path}//images/./a.jpg",
+            "",
+            "gs://bucket/photos/b.png",
+            "gs://bucket//photos/b.png",
+            "gs://bucket/photos/scan.pdf",  # named explicitly: kept, becomes an error row if it is no image
+            "https://example.com/c.jpg?size=large",
+        ]
+    )
+    listing = _write(tmp_path / "lists" / "today.txt", "\ufeff" + text + "\n")
+
+    stats, table = _build(_config(tmp_path, listing))
+
+    assert table.column("image_uri").to_pylist() == [
+        str(a),
+        "gs://bucket/photos/b.png",
+        "gs://bucket/photos/scan.pdf",
+        "https://example.com/c.jpg?size=large",
+    ]
+    assert (stats.listed, stats.duplicates, stats.skipped_not_image, stats.unique) == (7, 3, 0, 4)
+    _invariant(stats)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (
+            "with-header.csv",
+            'id,image_uri,label\n1,"gs://bkt/a,1.jpg",cat\n2,gs://bkt/b.jpg,dog\n3,gs://bkt/b.jpg,dog\n',
+        ),
+        (
+            "uri-header.csv",
+            "uri\ngs://bkt/b.jpg\ngs://bkt/a,1.jpg\n".replace("gs://bkt/a,1.jpg", '"gs://bkt/a,1.jpg"'),
+        ),
+        ("no-header.csv", 'gs://bkt/b.jpg\n"gs://bkt/a,1.jpg"\n'),
+    ],
+)
+def test_csv_manifests(tmp_path, name, text):
+    stats, table = _build(_config(tmp_path, _write(tmp_path / name, text)))
+
+    assert table.column("image_uri").to_pylist() == ["gs://bkt/a,1.jpg", "gs://bkt/b.jpg"]
+    _invariant(stats)
+
+
+def test_a_csv_without_a_uri_column_names_the_columns_it_has(tmp_path):
+    listing = _write(tmp_path / "list.csv", "path,label\ngs://bkt/a.jpg,cat\n")
+
+    with pytest.raises(ManifestError, match=r"no image_uri or uri column \(columns: \['path', 'label'\]\)"):
+        _build(_config(tmp_path, listing))
+
+
+@pytest.mark.parametrize("column", ["image_uri", "uri"])
+def test_parquet_manifests(tmp_path, column):
+    path = tmp_path / "list.parquet"
+    pq.write_table(
+        pa.table({column: ["gs://bkt/z.jpg", None, "gs://bkt/a.jpg", "gs://bkt/z.jpg"], "n": [1, 2, 3, 4]}),
+        path,
+    )
+
+    stats, table = _build(_config(tmp_path, path))
+
+    assert table.column("image_uri").to_pylist() == ["gs://bkt/a.jpg", "gs://bkt/z.jpg"]
+    assert (stats.listed, stats.duplicates) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (pa.table({"path": ["gs://bkt/a.jpg"]}), "no image_uri or uri column"),
+        (pa.table({"image_uri": [1, 2]}), "column 'image_uri' is int64, not string"),
+    ],
+)
+def test_unusable_parquet_manifests(tmp_path, table, message):
+    pq.write_table(table, tmp_path / "list.parquet")
+
+    with pytest.raises(ManifestError, match=message):
+        _build(_config(tmp_path, tmp_path / "list.parquet"))
+
+
+def test_a_file_that_is_not_what_its_name_says_fails_clearly(tmp_path):
+    _write(tmp_path / "list.parquet", "gs://bkt/a.jpg\n")
+    _write(tmp_path / "list.txt", b"gs://bkt/\xff\xfe.jpg\n")
+
+    with pytest.raises(ManifestError, match="not readable Parquet"):
+        _build(_config(tmp_path, tmp_path / "list.parquet"))
+    with pytest.raises(ManifestError, match="not UTF-8 text"):
+        _build(_config(tmp_path, tmp_path / "list.txt"))
+
+
+def test_unusable_entries_fail_the_build_and_are_named(tmp_path):
+    listing = _write(
+        tmp_path / "list.txt",
+        "/ok/a.jpg\nrelative/b.jpg\ns3://bkt/c.jpg\n/data/../etc/passwd\n/ok/tab\there.jpg\n",
+    )
+    config = _config(tmp_path, listing)
+
+    with pytest.raises(ManifestError) as caught:
+        _build(config)
+
+    message = str(caught.value)
+    assert message.startswith("4 input URI(s) are not usable")
+    for example in ("'relative/b.jpg'", "'s3://bkt/c.jpg'", "'/data/../etc/passwd'", "'/ok/tab\\there.jpg'"):
+        assert example in message
+    assert not (tmp_path / "out").exists()  # nothing half-built is left for the next task to pick up
+
+
+# -- dedup, incremental, determinism -----------------------------------------------------------------
+
+
+def test_duplicates_across_batches_are_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest, "BATCH_ROWS", 3)
+    lines = [f"gs://bkt/img-{i % 7:02d}.jpg" for i in range(40)]  # 7 URIs, each in many batches
+    listing = _write(tmp_path / "list.txt", "\n".join(lines))
+
+    stats, table = _build(_config(tmp_path, listing))
+
+    assert table.column("image_uri").to_pylist() == [f"gs://bkt/img-{i:02d}.jpg" for i in range(7)]
+    assert (stats.listed, stats.duplicates, stats.unique) == (40, 33, 7)
+
+
+def test_the_same_input_in_another_order_gives_the_same_manifest(tmp_path):
+    uris = [f"gs://bkt/{d}/{n}.jpg" for d in ("b", "a", "c") for n in range(50)]
+    first = _write(tmp_path / "one.txt", "\n".join(uris))
+    second = _write(tmp_path / "two.txt", "\n".join(reversed(uris + uris[:10])))
+
+    _, one = _build(_config(tmp_path, first, shard_size=20))
+    _, two = _build(_config(tmp_path, second, shard_size=20, output_uri=str(tmp_path / "out2")))
+
+    assert one.equals(two)
+    assert one.column("image_uri").to_pylist() == sorted(uris)
+
+
+def test_a_rebuild_replaces_the_manifest_and_leaves_no_temporary_files(tmp_path):
+    listing = _write(tmp_path / "list.txt", "gs://bkt/a.jpg\ngs://bkt/b.jpg\n")
+    config = _config(tmp_path, listing)
+    stats, _ = _build(config)
+    _write(listing, "gs://bkt/c.jpg\n")
+
+    stats, table = _build(config)
+
+    assert table.column("image_uri").to_pylist() == ["gs://bkt/c.jpg"]
+    assert sorted(p.name for p in Path(stats.manifest_uri).parent.iterdir()) == ["manifest.parquet"]
+
+
+def test_incremental_runs_skip_what_was_processed(tmp_path):
+    listing = _write(
+        tmp_path / "list.txt", "gs://bkt/a.jpg\ngs://bkt/b.jpg\ngs://bkt/b.jpg\ngs://bkt/c.jpg\n"
+    )
+    processed = pa.array(["gs://bkt//b.jpg", "gs://bkt/z.jpg", None])  # spelled as found in an old warehouse
+
+    stats, table = _build(_config(tmp_path, listing, incremental=True), lambda: processed)
+
+    assert table.column("image_uri").to_pylist() == ["gs://bkt/a.jpg", "gs://bkt/c.jpg"]
+    assert (stats.listed, stats.duplicates, stats.skipped_incremental, stats.unique) == (4, 1, 1, 2)
+    _invariant(stats)
+
+
+def test_incremental_accepts_any_collection_and_is_asked_only_when_incremental(tmp_path):
+    listing = _write(tmp_path / "list.txt", "gs://bkt/a.jpg\ngs://bkt/b.jpg\n")
+
+    def refuse():
+        raise AssertionError("queried the warehouse for a run that is not incremental")
+
+    stats, _ = _build(_config(tmp_path, listing), refuse)
+    assert stats.unique == 2
+    stats, _ = _build(_config(tmp_path, listing, incremental=True), lambda: {"gs://bkt/a.jpg"})
+    assert (stats.skipped_incremental, stats.unique) == (1, 1)
+    with pytest.raises(ValueError, match="needs already_processed"):
+        _build(_config(tmp_path, listing, incremental=True))
+
+
+def test_content_dedup_keeps_the_first_uri_of_identical_files(tmp_path):
+    images = tmp_path / "images"
+    same = b"\x89PNG identical bytes"
+    _write(images / "b" / "copy.png", same)
+    _write(images / "a" / "original.png", same)
+    _write(images / "c" / "other.png", b"\x89PNG other bytes")
+    _write(images / "c" / "z.png", same)
+
+    stats, table = _build(_config(tmp_path, images, dedup_mode="content"))
+
+    assert table.column("image_uri").to_pylist() == [
+        str(images / "a" / "original.png"),
+        str(images / "c" / "other.png"),
+    ]
+    assert table.column("content_sha1").to_pylist() == [
+        hashlib.sha1(same).hexdigest(),
+        hashlib.sha1(b"\x89PNG other bytes").hexdigest(),
+    ]
+    assert (stats.listed, stats.duplicates, stats.unique) == (4, 2, 2)
+    _invariant(stats)
+
+
+def test_content_dedup_keeps_unreadable_inputs_for_their_error_rows(tmp_path):
+    a = _write(tmp_path / "images" / "a.jpg", b"same")
+    b = _write(tmp_path / "images" / "b.jpg", b"same")
+    listing = _write(tmp_path / "list.txt", f"{a}\n{b}\n{tmp_path}/gone-1.jpg\n{tmp_path}/gone-2.jpg\n")
+
+    stats, table = _build(_config(tmp_path, listing, dedup_mode="content"))
+
+    assert table.column("image_uri").to_pylist() == [
+        f"{tmp_path}/gone-1.jpg",
+        f"{tmp_path}/gone-2.jpg",
+        str(a),
+    ]
+    assert table.column("content_sha1").to_pylist() == [None, None, hashlib.sha1(b"same").hexdigest()]
+    assert stats.duplicates == 1
+
+
+def test_shard_indices_in_the_manifest_are_balanced_and_contiguous(tmp_path):
+    listing = _write(tmp_path / "list.txt", "\n".join(f"gs://bkt/{i:03d}.jpg" for i in range(23)))
+
+    _, table = _build(_config(tmp_path, listing, shard_size=5))
+
+    shards = table.column("shard_index").to_pylist()
+    assert shards == sorted(shards) and set(shards) == set(range(5))
+    assert sorted(shards.count(s) for s in range(5)) == [4, 4, 5, 5, 5]
+
+
+# -- remote storage --------------------------------------------------------------------------------
+
+
+def test_a_gcs_prefix_listed_into_a_gcs_manifest(gcs_emulator, gcs_bucket, tmp_path):
+    for name in ("in/2026/b.jpg", "in/2026/a.PNG", "in/2026/meta.json", "in/a.jpg", "other/x.jpg"):
+        gcs_emulator.put(f"{gcs_bucket}/{name}", b"bytes")
+    config = _config(tmp_path, f"{gcs_bucket}/in/", output_uri=f"{gcs_bucket}/runs")
+    run_prefix = layout.run_prefix(config.output_uri, "manual__1")
+
+    stats = build_manifest(config, run_prefix)
+
+    assert stats.manifest_uri == f"{gcs_bucket}/runs/manual__1/manifest.parquet"
+    table = pq.read_table(pa.BufferReader(gcs_emulator.get(stats.manifest_uri)))
+    assert table.column("image_uri").to_pylist() == [
+        f"{gcs_bucket}/in/2026/a.PNG",
+        f"{gcs_bucket}/in/2026/b.jpg",
+        f"{gcs_bucket}/in/a.jpg",
+    ]
+    assert (stats.listed, stats.skipped_not_image) == (3, 1)
+    assert gcs_emulator.ls(f"{gcs_bucket}/runs") == [stats.manifest_uri]
+
+
+def test_a_manifest_file_on_gcs(gcs_emulator, gcs_bucket, tmp_path):
+    gcs_emulator.put(
+        f"{gcs_bucket}/lists/today.txt", b"gs://photos/b.jpg\ngs://photos/a.jpg\ngs://photos//a.jpg\n"
+    )
+
+    stats, table = _build(_config(tmp_path, f"{gcs_bucket}/lists/today.txt"))
+
+    assert table.column("image_uri").to_pylist() == ["gs://photos/a.jpg", "gs://photos/b.jpg"]
+    assert stats.duplicates == 1
+
+
+@pytest.fixture
+def http_folder(tmp_path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP server over a folder: (folder, base URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_manifest_file_over_http(tmp_path, http_folder):
+    folder, base = http_folder
+    _write(folder / "today.csv", "image_uri\nhttps://cdn.example/b.jpg\nhttps://cdn.example/a.jpg\n")
+
+    stats, table = _build(_config(tmp_path, f"{base}/today.csv"))
+
+    assert table.column("image_uri").to_pylist() == ["https://cdn.example/a.jpg", "https://cdn.example/b.jpg"]
+    assert stats.unique == 2

@@ -1,0 +1,154 @@
+"""URI rules: canonical forms, checks, and the column-wise twin that must agree with them row for row."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+import pytest
+
+from detection_pipeline import uri_columns, uris
+
+# Spellings a listing or a hand-written manifest produces, with their canonical form.
+CANONICAL = [
+    ("/data/images/a.jpg", "/data/images/a.jpg"),
+    ("  /data/images/a.jpg\r", "/data/images/a.jpg"),
+    ("\t/data//images///a.jpg ", "/data/images/a.jpg"),
+    ("/data/./images/././a.jpg", "/data/images/a.jpg"),
+    ("/data/images/.", "/data/images"),
+    ("/data/images/.hidden/a.jpg", "/data/images/.hidden/a.jpg"),
+    ("/data/images/a..b.jpg", "/data/images/a..b.jpg"),
+    ("file:///data/images/a.jpg", "/data/images/a.jpg"),
+    ("file://localhost/data//a.jpg", "/data/a.jpg"),
+    ("gs://bucket/images/a.jpg", "gs://bucket/images/a.jpg"),
+    ("gs://bucket//images/./a.jpg", "gs://bucket/images/a.jpg"),
+    ("gs:///bucket/a.jpg", "gs:///bucket/a.jpg"),  # no bucket: refused, not guessed
+    ("/données/été 2026/ä b.JPG", "/données/été 2026/ä b.JPG"),
+    ("gs://bucket/with space/%20kept.png", "gs://bucket/with space/%20kept.png"),
+    ("https://example.com//a/./b.jpg?x=1//2", "https://example.com//a/./b.jpg?x=1//2"),
+    ("HTTP://Example.com/a.jpg", "HTTP://Example.com/a.jpg"),
+    ("relative//path.jpg", "relative/path.jpg"),
+    ("s3://bucket//a.jpg", "s3:/bucket/a.jpg"),
+    ("/data/../etc/passwd", "/data/../etc/passwd"),
+    ("#comment", "#comment"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("raw", "canonical"), CANONICAL)
+def test_normalize(raw, canonical):
+    assert uris.normalize(raw) == canonical
+
+
+def test_the_column_wise_rules_agree_with_normalize_row_for_row():
+    raw = [r for r, _ in CANONICAL]
+
+    assert uri_columns.normalize_array(pa.array(raw)).to_pylist() == [uris.normalize(r) for r in raw]
+
+
+def test_the_column_wise_rules_work_on_slices_and_large_strings():
+    raw = pa.array(["x", " /a//b.jpg", "gs://bkt//c.png", "y"], pa.large_string()).slice(1, 2)
+
+    assert uri_columns.normalize_array(raw).to_pylist() == ["/a/b.jpg", "gs://bkt/c.png"]
+
+
+def test_unusable_entries_are_the_ones_check_storage_uri_refuses():
+    canonical = [
+        "/data/a.jpg",
+        "gs://bucket/a.jpg",
+        "https://example.com/a.jpg",
+        "relative/a.jpg",
+        "s3:/bucket/a.jpg",
+        "/data/../etc/passwd",
+        "gs://bucket/../a.jpg",
+        "gs:///bucket/a.jpg",
+        "/data/a\nb.jpg",
+        "/data/a\x7f.jpg",
+        "/data/a..b.jpg",
+        "#comment",
+    ]
+
+    unusable = uri_columns.unusable_array(pa.array(canonical)).to_pylist()
+
+    def refused(uri: str) -> bool:
+        try:
+            uris.check_storage_uri(uri, http=True)
+        except uris.URIError:
+            return True
+        return False
+
+    assert unusable == [refused(u) for u in canonical]
+    assert unusable == [False, False, False, True, True, True, True, True, True, True, False, True]
+
+
+def test_image_extensions_are_matched_in_any_case():
+    names = [
+        "a.jpg",
+        "b.JPEG",
+        "c.Png",
+        "d.webp",
+        "e.bmp",
+        "f.gif",
+        "g.tif",
+        "h.TIFF",
+        "i.json",
+        "jpg",
+        "k.jpg.txt",
+    ]
+
+    assert uri_columns.image_array(pa.array(names)).to_pylist() == [True] * 8 + [False] * 3
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("s3://b/k", "scheme 's3' is not supported"),
+        ("ftp://host/k", "scheme 'ftp' is not supported"),
+        ("data/k", "relative path"),
+        ("file://host/data", "file:///absolute/path"),
+        ("/a/../b", "'..' segment"),
+        ("/a/\x1b[31mred", "control character"),
+        ("gs://UPPER/k", "valid bucket name"),
+        ("gs://ab/k", "valid bucket name"),
+        ("/a/{ds}", "only input_uri may use"),
+        ("https://example.com/x", "http(s) is allowed only for input_uri"),
+        ("   ", "non-empty"),
+    ],
+)
+def test_check_storage_uri_refuses(uri, message):
+    with pytest.raises(
+        uris.URIError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
+        uris.check_storage_uri(uri)
+
+
+def test_is_within_compares_whole_segments():
+    assert uris.is_within("gs://b/images/out", "gs://b/images")
+    assert uris.is_within("gs://b/images", "gs://b/images/")
+    assert not uris.is_within("gs://b/images-out", "gs://b/images")
+    assert uris.is_within("/data/x", "/")
+
+
+def test_placeholders_resolve_and_reject_unknown_names():
+    when = datetime(2026, 1, 2)
+
+    assert uris.resolve_placeholders("gs://b/{yyyy}{mm}{dd}/{ds}", when) == "gs://b/20260102/2026-01-02"
+    with pytest.raises(uris.URIError, match="unknown placeholder"):
+        uris.resolve_placeholders("gs://b/{hh}", when)
+    with pytest.raises(uris.URIError, match="unmatched"):
+        uris.resolve_placeholders("gs://b/{ds}}", when)
+
+
+def test_parse_warehouse():
+    assert uris.parse_warehouse("duckdb:///var/w.duckdb") == uris.Warehouse("duckdb", path="/var/w.duckdb")
+    assert uris.parse_warehouse("bigquery://my-project/detection?location=EU") == uris.Warehouse(
+        "bigquery", project="my-project", dataset="detection", location="EU"
+    )
+    for bad in ("bigquery://my-project/detection.results", "bigquery://my_project/d", "duckdb:///w.db"):
+        with pytest.raises(uris.URIError):
+            uris.parse_warehouse(bad)
+
+
+def test_redact_masks_userinfo_and_query_only_on_http():
+    assert uris.redact("https://u:p@host/a.csv?sig=1") == "https://***@host/a.csv?***"
+    assert uris.redact("gs://bucket/a?b.jpg") == "gs://bucket/a?b.jpg"
