@@ -29,6 +29,7 @@ touches single rows only to hash file contents, which is I/O.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import tempfile
@@ -240,20 +241,12 @@ def _load(con: duckdb.DuckDBPyConnection, batches: Iterator[pa.Array], listing: 
     listed = not_image = unusable = 0
     examples: list[str] = []
     for raw in batches:
-        values = uri_columns.normalize_array(raw.drop_null().cast(pa.string()))
-        keep = pc.not_equal(values, "")
-        if not listing:  # comments are a manifest file's; a listed object may well start with '#'
-            keep = pc.and_(keep, pc.invert(pc.starts_with(values, "#")))
-        values = values.filter(keep)
-        if listing:
-            images = values.filter(uri_columns.image_array(values))
-            not_image += len(values) - len(images)
-            values = images
-        bad = uri_columns.unusable_array(values)
+        values, bad, skipped = _candidates(raw, listing)
         if pc.any(bad).as_py():
             unusable += pc.sum(bad).as_py()
             examples.extend(values.filter(bad).slice(0, _EXAMPLES).to_pylist())
         listed += len(values)
+        not_image += skipped
         con.register("batch", pa.table({"image_uri": values}))
         _query(con, "INSERT INTO candidates SELECT image_uri FROM batch")
         con.unregister("batch")
@@ -264,6 +257,24 @@ def _load(con: duckdb.DuckDBPyConnection, batches: Iterator[pa.Array], listing: 
             f"no '..' segments or control characters), e.g. {shown}"
         )
     return listed, not_image
+
+
+def _candidates(raw: pa.Array, listing: bool) -> tuple[pa.Array, pa.BooleanArray, int]:
+    """One batch's canonical URIs without blanks (and, in manifest files, '#' comments); for a listing, only
+    its images. Returns them, which of them are unusable, and how many listed files were not images."""
+    if raw.null_count:
+        raw = raw.drop_null()
+    values, unusable = uri_columns.canonicalize(raw.cast(pa.string()))
+    present = pc.greater(pc.binary_length(values), 0)
+    if listing:
+        keep = pc.and_(present, uri_columns.image_array(values))
+        not_images = (pc.sum(present).as_py() or 0) - (pc.sum(keep).as_py() or 0)
+    else:  # comments are a manifest file's; a listed object may well start with '#'
+        keep = pc.and_(present, pc.invert(pc.starts_with(values, "#")))
+        not_images = 0
+    if not pc.all(keep).as_py():
+        values, unusable = values.filter(keep), unusable.filter(keep)
+    return values, unusable, not_images
 
 
 def _drop_processed(con: duckdb.DuckDBPyConnection, processed: ProcessedURIs) -> int:
@@ -296,18 +307,31 @@ def _sort_unique(con: duckdb.DuckDBPyConnection, out: Path) -> int:
     reader = con.sql(
         f"SELECT image_uri FROM candidates ORDER BY substr(image_uri, {common + 1})"
     ).to_arrow_reader(BATCH_ROWS)
-    kept, previous = 0, None
+    kept, previous, pending = 0, None, []
     out_schema = manifest_schema(["image_uri"])
     with pq.ParquetWriter(out, out_schema, **storage.URI_LIST_PARQUET) as writer:
-        for batch in reader:
-            values = batch.column(0).cast(pa.string())
-            before = pa.concat_arrays([pa.array([previous], pa.string()), values.slice(0, len(values) - 1)])
-            values = values.filter(pc.fill_null(pc.not_equal(values, before), True))
-            if len(values):
-                writer.write_batch(pa.record_batch([values], schema=out_schema))
-                kept += len(values)
-            previous = batch.column(0)[-1].as_py() if batch.num_rows else previous
+        for batch in itertools.chain(reader, [None]):
+            if batch is not None:
+                values = _drop_repeats(batch.column(0).cast(pa.string()), previous)
+                if len(values):
+                    pending.append(values)
+                    kept += len(values)
+                    previous = values[-1].as_py()
+            if pending and (
+                batch is None or sum(map(len, pending)) >= BATCH_ROWS
+            ):  # DuckDB's batches are small
+                writer.write_batch(pa.record_batch([pa.concat_arrays(pending)], schema=out_schema))
+                pending = []
     return kept
+
+
+def _drop_repeats(values: pa.Array, previous: str | None) -> pa.Array:
+    """Sorted `values` without the rows equal to the row before them (`previous` comes before the first)."""
+    if len(values) == 0:
+        return values
+    repeats = pc.equal(values.slice(1), values.slice(0, len(values) - 1)).to_numpy(zero_copy_only=False)
+    keep = np.concatenate([[values[0].as_py() != previous], ~repeats])
+    return values if keep.all() else values.filter(pa.array(keep))
 
 
 # -- content dedup -------------------------------------------------------------------------------

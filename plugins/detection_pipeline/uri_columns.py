@@ -7,25 +7,55 @@ the few rows the expensive rules can change or reject, and only those pay for th
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection_pipeline.uris import CONTROL_CHARACTERS, HTTP_URL, IMAGE_EXTENSIONS, PARENT_SEGMENT, WHITESPACE
 
-_MAY_CHANGE = r"(^|[^:])//|/\.|^file:"  # a superset of the rows `normalize` changes
+# One pass of this regex picks every row that `normalize` may change or that may be unusable for a reason
+# other than its scheme: runs of '/', '.' segments (so '..' ones too), file://, control characters.
+_SUSPICIOUS = r"(^|[^:])//|/\.|^file:|[\x00-\x1f\x7f]"
 _IMAGE = r"\.(" + "|".join(IMAGE_EXTENSIONS) + ")$"
+
+
+def canonicalize(values: pa.Array) -> tuple[pa.Array, pa.BooleanArray]:
+    """`normalize` applied to a column of strings without nulls, and which of the results are unusable.
+
+    Unusable: what `check_storage_uri(..., http=True)` refuses for an object: another scheme, a relative
+    path, gs:// without a bucket, a '..' segment, a control character. (Finer rules of bucket names are left
+    to the store: a bad one becomes that image's not_found error row.)
+    """
+    trimmed = pc.ascii_trim(values, WHITESPACE) if _has_edge_whitespace(values) else values
+    suspicious = pc.match_substring_regex(trimmed, _SUSPICIOUS)
+    canonical, unusable = trimmed, pc.invert(_local_or_gcs(trimmed))
+    if pc.any(suspicious).as_py():
+        rewritten = _rewrite(trimmed.filter(suspicious))
+        canonical = pc.replace_with_mask(trimmed, suspicious, rewritten)
+        unusable = pc.replace_with_mask(
+            pc.invert(_local_or_gcs(canonical)), suspicious, _unusable_inside(rewritten)
+        )
+    if pc.any(unusable).as_py():  # http(s) URLs are fine as they are
+        unusable = pc.and_(unusable, pc.invert(pc.match_substring_regex(canonical, HTTP_URL)))
+    return canonical, unusable
 
 
 def normalize_array(values: pa.Array) -> pa.Array:
     """`normalize` for a column of strings without nulls; tests hold the two to the same output."""
-    trimmed = pc.ascii_trim(values, WHITESPACE)  # WHITESPACE is ASCII, so byte-wise trimming is exact
-    may_change = pc.match_substring_regex(trimmed, _MAY_CHANGE)
-    if not pc.any(may_change).as_py():
-        return trimmed
-    return pc.replace_with_mask(trimmed, may_change, _rewrite(trimmed.filter(may_change)))
+    return canonicalize(values)[0]
+
+
+def _local_or_gcs(values: pa.Array) -> pa.BooleanArray:
+    gcs = pc.and_(pc.starts_with(values, "gs://"), pc.invert(pc.starts_with(values, "gs:///")))
+    return pc.or_(pc.starts_with(values, "/"), gcs)
+
+
+def _unusable_inside(canonical: pa.Array) -> pa.BooleanArray:
+    """For the suspicious rows: not local or gs://, or holding a '..' segment or a control character."""
+    local_or_gcs = _local_or_gcs(canonical)
+    parent = pc.and_(local_or_gcs, pc.match_substring_regex(canonical, PARENT_SEGMENT.pattern))
+    control = pc.match_substring_regex(canonical, CONTROL_CHARACTERS.pattern)
+    return pc.or_(pc.or_(pc.invert(local_or_gcs), parent), control)
 
 
 def _rewrite(values: pa.Array) -> pa.Array:
@@ -40,35 +70,26 @@ def _rewrite(values: pa.Array) -> pa.Array:
     return pc.if_else(pc.match_substring_regex(values, HTTP_URL), values, canonical)
 
 
-def unusable_array(canonical: pa.Array) -> pa.BooleanArray:
-    """True where a canonical object URI is not one `check_storage_uri(..., http=True)` accepts: another
-    scheme, a relative path, gs:// without a bucket, a '..' segment, a control character. (The finer rules
-    of bucket names are left to the store: a bad one becomes that image's not_found error row.)"""
-    gs = pc.and_(pc.starts_with(canonical, "gs://"), pc.invert(pc.starts_with(canonical, "gs:///")))
-    local_or_gs = pc.or_(pc.starts_with(canonical, "/"), gs)
-    bad = pc.invert(local_or_gs)
-    if pc.any(bad).as_py():
-        bad = pc.and_(bad, pc.invert(pc.match_substring_regex(canonical, HTTP_URL)))
-    if _any_bytes(canonical, lambda b: (b < 0x20) | (b == 0x7F)):
-        bad = pc.or_(bad, pc.match_substring_regex(canonical, CONTROL_CHARACTERS.pattern))
-    if _any_bytes(canonical, lambda b: (b[:-1] == 0x2E) & (b[1:] == 0x2E)):  # '..' anywhere
-        parent = pc.and_(local_or_gs, pc.match_substring_regex(canonical, PARENT_SEGMENT.pattern))
-        bad = pc.or_(bad, parent)
-    return bad
-
-
 def image_array(values: pa.Array) -> pa.BooleanArray:
     """True where a URI names an image file by its extension (`IMAGE_EXTENSIONS`, any case)."""
     return pc.match_substring_regex(values, _IMAGE, ignore_case=True)
 
 
-def _any_bytes(values: pa.Array, test: Callable[[np.ndarray], np.ndarray]) -> bool:
-    """Whether `test` holds for any byte of the column's characters: one vectorised pass over the data."""
+def _offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The column's offsets (this slice's) and its whole character buffer, as numpy views without copies."""
     offsets_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
     offsets = np.frombuffer(values.buffers()[1], dtype=offsets_type)[
         values.offset : values.offset + len(values) + 1
     ]
-    if len(values) == 0 or offsets[-1] == offsets[0]:
+    return offsets, np.frombuffer(values.buffers()[2] or b"", dtype=np.uint8)
+
+
+def _has_edge_whitespace(values: pa.Array) -> bool:
+    """Whether any value starts or ends with a `WHITESPACE` byte (trimming copies the column; mostly needless)."""
+    if len(values) == 0:
         return False
-    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return bool(np.any(test(data)))
+    offsets, data = _offsets_and_data(values)
+    starts, ends = offsets[:-1], offsets[1:]
+    nonempty = ends > starts
+    edges = np.concatenate([data[starts[nonempty]], data[ends[nonempty] - 1]])
+    return bool(np.isin(edges, np.frombuffer(WHITESPACE.encode(), dtype=np.uint8)).any())
