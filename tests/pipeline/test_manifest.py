@@ -232,6 +232,22 @@ def test_the_same_input_in_another_order_gives_the_same_manifest(tmp_path):
     assert one.column("image_uri").to_pylist() == sorted(uris)
 
 
+def test_order_is_by_code_point_even_when_all_uris_share_a_non_ascii_prefix(tmp_path):
+    uris = [
+        "/données/été/ü.jpg",
+        "/données/été/z.jpg",
+        "/données/été/a b.jpg",
+        "/données/été/É.jpg",
+        "/données/été/a.jpg",
+    ]
+    listing = _write(tmp_path / "list.txt", "\n".join(uris + uris[:2]))
+
+    stats, table = _build(_config(tmp_path, listing))
+
+    assert table.column("image_uri").to_pylist() == sorted(uris)
+    assert stats.duplicates == 2
+
+
 def test_a_rebuild_replaces_the_manifest_and_leaves_no_temporary_files(tmp_path):
     listing = _write(tmp_path / "list.txt", "gs://bkt/a.jpg\ngs://bkt/b.jpg\n")
     config = _config(tmp_path, listing)
