@@ -29,7 +29,6 @@ touches single rows only to hash file contents, which is I/O.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import tempfile
@@ -309,24 +308,35 @@ def _sort_unique(con: duckdb.DuckDBPyConnection, out: Path) -> int:
     reader = con.sql(
         f"SELECT substr(image_uri, {len(prefix) + 1}) AS rest FROM candidates ORDER BY rest"
     ).to_arrow_reader(BATCH_ROWS)
-    shared = pa.scalar(prefix, pa.string())
-    kept, previous, pending = 0, None, []
+    kept = 0
     out_schema = manifest_schema(["image_uri"])
     with pq.ParquetWriter(out, out_schema, **storage.URI_LIST_PARQUET) as writer:
-        for batch in itertools.chain(reader, [None]):
-            if batch is not None:
-                rest = batch.column(0).cast(pa.string())
-                values = _drop_repeats(pc.binary_join_element_wise(shared, rest, pa.scalar("")), previous)
-                if len(values):
-                    pending.append(values)
-                    kept += len(values)
-                    previous = values[-1].as_py()
-            if pending and (
-                batch is None or sum(map(len, pending)) >= BATCH_ROWS
-            ):  # DuckDB's batches are small
-                writer.write_batch(pa.record_batch([pa.concat_arrays(pending)], schema=out_schema))
-                pending = []
+        for values in _coalesce(_without_repeats(reader, prefix), BATCH_ROWS):  # DuckDB's batches are small
+            writer.write_batch(pa.record_batch([values], schema=out_schema))
+            kept += len(values)
     return kept
+
+
+def _without_repeats(sorted_rests: pa.RecordBatchReader, prefix: str) -> Iterator[pa.Array]:
+    """The sorted URIs (`prefix` + each rest) without the rows equal to the row before them."""
+    shared, nothing, previous = pa.scalar(prefix, pa.string()), pa.scalar("", pa.string()), None
+    for batch in sorted_rests:
+        values = pc.binary_join_element_wise(shared, batch.column(0).cast(pa.string()), nothing)
+        values = _drop_repeats(values, previous)
+        if len(values):
+            previous = values[-1].as_py()
+            yield values
+
+
+def _coalesce(arrays: Iterator[pa.Array], rows: int) -> Iterator[pa.Array]:
+    pending: list[pa.Array] = []
+    for array in arrays:
+        pending.append(array)
+        if sum(map(len, pending)) >= rows:
+            yield pa.concat_arrays(pending)
+            pending = []
+    if pending:
+        yield pa.concat_arrays(pending)
 
 
 def _drop_repeats(values: pa.Array, previous: str | None) -> pa.Array:

@@ -24,9 +24,9 @@ from detection_engine.fetch import filesystem_for
 __all__ = ["atomic_local_path", "filesystem_for", "is_local", "local_copy", "write_parquet"]
 
 _TMP_SUFFIX = ".tmp"
-# For manifests (sorted URI lists): no dictionary (every value is distinct), zstd (shared prefixes compress
-# ~30x), no statistics (nobody filters on them); a 9M-URI manifest is ~17 MB and reads in a fraction of a second.
-URI_LIST_PARQUET = {"compression": "zstd", "use_dictionary": False, "write_statistics": False}
+# For manifests (sorted URI lists): no dictionary (every value is distinct), no statistics (nobody filters on
+# them), LZ4 (2-3x faster to write than zstd, 3x larger: a 9M-URI manifest is ~55 MB, a 10k-URI shard ~60 kB).
+URI_LIST_PARQUET = {"compression": "lz4", "use_dictionary": False, "write_statistics": False}
 
 
 def is_local(fs: AbstractFileSystem) -> bool:
