@@ -9,8 +9,9 @@ Sources (input_uri):
   the rest (sidecar JSON, _SUCCESS markers, ...) are counted as `skipped_not_image`;
 - a manifest file (.txt one URI per line, blank lines and '#' comments ignored; .csv with an `image_uri` or
   `uri` column, or a single column without header; .parquet with `image_uri` or `uri`), local, gs:// or http(s).
-  Every entry of a manifest file is kept, whatever its extension: the user named it, and an entry that is
-  not a decodable image becomes an error row for that image rather than vanishing from the counts.
+  Its entries were named on purpose, so only those with another extension (`notes.txt`, `scan.pdf`) are
+  counted as `skipped_not_image`; names without an extension (`gs://b/raw-0001`, `https://cdn/img?id=3`) are
+  kept, and one that does not decode becomes an error row for that image, never a silent drop.
   An entry that is not a usable URI (relative path, other scheme, '..', control character) fails the build,
   naming the first few, rather than being dropped.
 
@@ -68,7 +69,7 @@ class ManifestError(RuntimeError):
 class ManifestStats:
     listed: int  # image URIs found before dedup (a manifest file: its non-blank entries)
     duplicates: int  # repeated URIs, plus (dedup_mode=content) URIs whose bytes an earlier URI has
-    skipped_not_image: int  # files of a listed prefix that are not images
+    skipped_not_image: int  # listed files, or manifest entries, that are not images by their extension
     skipped_incremental: int  # unique images this model and weights already processed in earlier runs
     unique: int  # images in the manifest: listed - duplicates - skipped_incremental
     manifest_uri: str
@@ -259,20 +260,20 @@ def _load(con: duckdb.DuckDBPyConnection, batches: Iterator[pa.Array], listing: 
 
 
 def _candidates(raw: pa.Array, listing: bool) -> tuple[pa.Array, pa.BooleanArray, int]:
-    """One batch's canonical URIs without blanks (and, in manifest files, '#' comments); for a listing, only
-    its images. Returns them, which of them are unusable, and how many listed files were not images."""
+    """One batch's canonical image URIs, without blanks (and, in manifest files, '#' comments). Returns them,
+    which of them are unusable, and how many entries were left out for not being images."""
     if raw.null_count:
         raw = raw.drop_null()
     values, unusable = uri_columns.canonicalize(raw.cast(pa.string()))
     present = pc.greater(pc.binary_length(values), 0)
     if listing:
-        keep = pc.and_(present, uri_columns.image_array(values))
-        not_images = (pc.sum(present).as_py() or 0) - (pc.sum(keep).as_py() or 0)
+        images = pc.and_(present, uri_columns.image_array(values))
     else:  # comments are a manifest file's; a listed object may well start with '#'
-        keep = pc.and_(present, pc.invert(pc.starts_with(values, "#")))
-        not_images = 0
-    if not pc.all(keep).as_py():
-        values, unusable = values.filter(keep), unusable.filter(keep)
+        present = pc.and_(present, pc.invert(pc.starts_with(values, "#")))
+        images = pc.and_(present, pc.invert(uri_columns.other_extension_array(values)))
+    not_images = (pc.sum(present).as_py() or 0) - (pc.sum(images).as_py() or 0)
+    if not pc.all(images).as_py():
+        values, unusable = values.filter(images), unusable.filter(images)
     return values, unusable, not_images
 
 

@@ -17,6 +17,9 @@ from detection_pipeline.uris import CONTROL_CHARACTERS, HTTP_URL, IMAGE_EXTENSIO
 # other than its scheme: runs of '/', '.' segments (so '..' ones too), file://, control characters.
 _SUSPICIOUS = r"(^|[^:])//|/\.|^file:|[\x00-\x1f\x7f]"
 _IMAGE = r"\.(" + "|".join(IMAGE_EXTENSIONS) + ")$"
+_QUERY = r"([?#][^/]*)?$"  # a URL's query or fragment, which is not part of the name
+_ANY_EXTENSION = r"\.[^./?#]{1,16}" + _QUERY
+_IMAGE_EXTENSION = r"\.(" + "|".join(IMAGE_EXTENSIONS) + ")" + _QUERY
 
 
 def canonicalize(values: pa.Array) -> tuple[pa.Array, pa.BooleanArray]:
@@ -73,6 +76,17 @@ def _rewrite(values: pa.Array) -> pa.Array:
 def image_array(values: pa.Array) -> pa.BooleanArray:
     """True where a URI names an image file by its extension (`IMAGE_EXTENSIONS`, any case)."""
     return pc.match_substring_regex(values, _IMAGE, ignore_case=True)
+
+
+def other_extension_array(values: pa.Array) -> pa.BooleanArray:
+    """True where a URI's name has an extension and it is not an image's (`notes.txt`, `scan.pdf`).
+
+    Names without an extension (`gs://b/raw-0001`, `https://cdn/img?id=3`) are not flagged: many images are
+    stored or served that way. A URL's query and fragment are not part of the name."""
+    other = pc.invert(pc.match_substring_regex(values, _IMAGE_EXTENSION, ignore_case=True))
+    if not pc.any(other).as_py():  # the usual case: a list of images, one pass
+        return other
+    return pc.and_(other, pc.match_substring_regex(values, _ANY_EXTENSION))
 
 
 def _offsets_and_data(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -105,8 +105,11 @@ def test_a_text_manifest_is_normalised_and_deduplicated(tmp_path):
             "",
             "gs://bucket/photos/b.png",
             "gs://bucket//photos/b.png",
-            "gs://bucket/photos/scan.pdf",  # named explicitly: kept, becomes an error row if it is no image
+            "gs://bucket/photos/raw-0001",  # no extension: kept, an error row if it does not decode
+            "gs://bucket/photos/scan.pdf",  # another extension: counted as not an image
             "https://example.com/c.jpg?size=large",
+            "https://example.com/render?id=7",
+            "https://example.com/notes.txt?v=2",
         ]
     )
     listing = _write(tmp_path / "lists" / "today.txt", "\ufeff" + text + "\n")
@@ -116,10 +119,11 @@ def test_a_text_manifest_is_normalised_and_deduplicated(tmp_path):
     assert table.column("image_uri").to_pylist() == [
         str(a),
         "gs://bucket/photos/b.png",
-        "gs://bucket/photos/scan.pdf",
+        "gs://bucket/photos/raw-0001",
         "https://example.com/c.jpg?size=large",
+        "https://example.com/render?id=7",
     ]
-    assert (stats.listed, stats.duplicates, stats.skipped_not_image, stats.unique) == (7, 3, 0, 4)
+    assert (stats.listed, stats.duplicates, stats.skipped_not_image, stats.unique) == (8, 3, 2, 5)
     _invariant(stats)
 
 

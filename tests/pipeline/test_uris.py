@@ -83,6 +83,28 @@ def test_unusable_entries_are_the_ones_check_storage_uri_refuses():
     assert unusable == [False, False, False, True, True, True, True, True, True, True, False, True]
 
 
+def test_other_extensions_in_manifest_entries():
+    names = [
+        "/a.JPG",
+        "/b.txt",
+        "/c",
+        "/d.v2/e",
+        "https://h/f.png?x=1.txt",
+        "https://h/g?id=1",
+        "gs://b/h.tar.gz",
+    ]
+
+    assert uri_columns.other_extension_array(pa.array(names)).to_pylist() == [
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
 def test_image_extensions_are_matched_in_any_case():
     names = [
         "a.jpg",
