@@ -119,7 +119,8 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def json_bytes(obj: dict) -> bytes:
-    return (json.dumps(obj, indent=2, default=_json_default) + "\n").encode()
+    """One object on one line: the metrics files are loaded as newline-delimited JSON (BigQuery, DuckDB)."""
+    return (json.dumps(obj, default=_json_default) + "\n").encode()
 
 
 def _json_default(value):

@@ -11,9 +11,10 @@ import dataclasses
 from datetime import UTC, datetime
 
 from airflow.sdk import get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from detection_engine import layout
-from detection_pipeline.config import RunConfig
+from detection_pipeline.config import ConfigError, RunConfig
 
 
 def _config(run: dict) -> RunConfig:
@@ -33,7 +34,10 @@ def validate_config() -> dict:
     context = get_current_context()
     dag_run = context["dag_run"]
     when = context.get("logical_date") or dag_run.run_after
-    config = RunConfig.from_params(dict(context["params"]), when)
+    try:
+        config = RunConfig.from_params(dict(context["params"]), when)
+    except ConfigError as error:
+        raise AirflowFailException(f"invalid run config: {error}") from None  # retrying cannot fix it
     run_id = context["run_id"]
     return {
         "config": config.to_dict(),

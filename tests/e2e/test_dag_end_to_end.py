@@ -30,7 +30,7 @@ def _inputs(root: Path) -> tuple[Path, set[str], set[str]]:
         path = images / f"img-{i}.png" if i % 2 else images / f"img {i} ü.jpg"
         Image.new("RGB", size, colour).save(path)
         good.append(path)
-    copy = images / "copy-of-0.jpg"  # same bytes as img 0: dropped only by dedup_mode=content
+    copy = images / "z-copy-of-0.jpg"  # img 0's bytes; sorts after it, so dedup_mode=content drops it
     copy.write_bytes(good[0].read_bytes())
     corrupt = images / "corrupt.jpg"
     corrupt.write_bytes(good[0].read_bytes()[:40])
