@@ -301,7 +301,7 @@ def _sort_unique(con: duckdb.DuckDBPyConnection, out: Path) -> int:
     Sorting then dropping each row equal to its predecessor is cheaper than grouping then sorting. The sort
     key skips the prefix all URIs share (one bucket, one folder): DuckDB sorts strings by a fixed-size key
     prefix first, which a long common prefix would make useless, and carrying less through the sort is
-    faster (10M URIs: ~11 s -> ~8 s CPU); the order is the same.
+    faster (10M URIs: ~10 s -> ~8 s CPU); the order is the same.
     """
     [(first, last)] = _query(con, "SELECT min(image_uri), max(image_uri) FROM candidates")
     prefix = os.path.commonprefix([first, last]) if first is not None else ""
