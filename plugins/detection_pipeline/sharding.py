@@ -106,6 +106,8 @@ def _boundaries(shard_index: np.ndarray, manifest_uri: str) -> list[int]:
 def _remove_stale_shards(run_prefix: str, shards: int) -> None:
     folder = layout.join(run_prefix, "shards")
     fs, path = storage.filesystem_for(folder)
+    if not storage.is_local(fs):
+        fs.invalidate_cache(path)  # the client is shared by the process: list what is there now
     try:
         names = fs.ls(path, detail=False)
     except FileNotFoundError:
