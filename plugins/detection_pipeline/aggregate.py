@@ -1,0 +1,200 @@
+"""The run record: one row per run (schema.RUNS) built from the manifest counts and the shards' metrics.
+
+How the numbers are made:
+
+- counts: listed/duplicates/skipped from the manifest; processed/ok/failed summed over the shards' metrics;
+- wall_s: first shard start to last shard end (the detect phase as the user waits for it); shard_wall_s and
+  inference_s are sums over shards; model_load_s is the mean per shard;
+- images_per_s = processed / wall_s; images_per_s_per_gpu = processed / GPU-seconds (sum of shard wall times
+  x GPUs per pod), i.e. what one GPU delivered, model load included; null when the shards did not run on CUDA;
+- batch latency p50/p95: the shards' percentiles averaged with their batch counts as weights. Shards only keep
+  percentiles, not every batch's latency; the average is exact when shards share one latency distribution (the
+  same GPU type, batch size and image mix: the case here) and otherwise an approximation. The per-shard values
+  stay in shard_metrics;
+- cost: pricing.estimate_cost over the shards' wall times (see pricing.py for what that leaves out);
+- versions: Airflow side from versions.py; torch/torchvision/CUDA/Python/container image from the shards (the
+  software that ran the model). Shards that disagree are recorded as "a | b", never silently as one.
+
+The record is returned JSON-ready (ISO dates), as it travels over XCom before the warehouse writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+import fsspec
+
+from detection_engine import layout, schema
+from detection_engine.catalog import RANDOM_WEIGHTS
+from detection_pipeline.config import RunConfig
+from detection_pipeline.pricing import estimate_cost
+from detection_pipeline.versions import pipeline_versions
+from detection_pipeline.warehouse.base import jsonable, normalise_record, to_timestamp
+
+MANIFEST_KEYS = ("listed", "duplicates", "skipped_not_image", "skipped_incremental")
+
+
+class ShardMetricsError(RuntimeError):
+    """Shard metrics that are missing or malformed: the run record would be wrong, so none is written."""
+
+
+def read_shard_metrics(run_prefix: str, shard_indices: Iterable[int]) -> list[dict]:
+    """Every planned shard's metrics object, by shard index; fails naming each shard whose file is missing
+    or malformed, so a shard can never drop out of the record silently."""
+    indices = sorted(set(shard_indices))
+    if not indices:
+        return []
+    uris = {index: layout.shard_metrics_uri(run_prefix, index) for index in indices}
+    fs, _ = fsspec.core.url_to_fs(run_prefix)
+    paths = {index: fs._strip_protocol(uri) for index, uri in uris.items()}
+    blobs = fs.cat(list(paths.values()), on_error="return")
+    if not isinstance(blobs, dict):  # fsspec returns the bytes themselves for a single path
+        blobs = {next(iter(paths.values())): blobs}
+
+    expected = schema.column_names(schema.SHARD_METRICS)
+    missing, problems, metrics = [], [], []
+    for index in indices:
+        blob = blobs.get(paths[index])
+        if blob is None or isinstance(blob, FileNotFoundError):
+            missing.append(index)
+            continue
+        if isinstance(blob, Exception):
+            problems.append(f"shard {index}: cannot read {uris[index]}: {blob}")
+            continue
+        try:
+            data = json.loads(blob)
+        except ValueError as exc:
+            problems.append(f"shard {index}: {uris[index]} is not JSON: {exc}")
+            continue
+        if not isinstance(data, dict):
+            problems.append(f"shard {index}: {uris[index]} holds {type(data).__name__}, not an object")
+            continue
+        if data.keys() != set(expected):
+            absent, unexpected = sorted(set(expected) - data.keys()), sorted(data.keys() - set(expected))
+            problems.append(
+                f"shard {index}: {uris[index]} lacks keys {absent}, has unexpected keys {unexpected}"
+            )
+            continue
+        if data["shard_index"] != index:
+            problems.append(f"shard {index}: {uris[index]} says shard_index {data['shard_index']}")
+            continue
+        metrics.append(data)
+    if missing:
+        problems.insert(
+            0,
+            f"metrics missing for {len(missing)} of {len(indices)} shards: {missing} "
+            f"(e.g. {uris[missing[0]]}); did those detect tasks finish?",
+        )
+    if problems:
+        raise ShardMetricsError("; ".join(problems))
+    return metrics
+
+
+def build_run_record(
+    config: RunConfig,
+    *,
+    run_id: str,
+    run_date: str,
+    logical_date: str | datetime | None,
+    run_type: str,
+    manifest_stats: dict,
+    shard_specs: Sequence[dict],
+    metrics: Sequence[dict],
+    started_at: str | datetime | None,
+    accuracy: dict | None = None,
+    recorded_at: datetime | None = None,
+) -> dict:
+    """The run's record with exactly the keys of schema.RUNS; `accuracy` fills the columns an evaluation step
+    computes (ground truth, COCO mAP), which stay null otherwise."""
+    absent = [key for key in MANIFEST_KEYS if key not in manifest_stats]
+    if absent:
+        raise ValueError(f"manifest stats lack {absent}")
+    planned = sorted(spec["shard_index"] for spec in shard_specs)
+    reported = sorted(m["shard_index"] for m in metrics)
+    if planned != reported:
+        raise ShardMetricsError(f"metrics of shards {reported} do not match the planned shards {planned}")
+
+    processed = sum(m["images"] for m in metrics)
+    starts = [to_timestamp(m["started_at"]) for m in metrics]
+    ends = [to_timestamp(m["finished_at"]) for m in metrics]
+    wall_s = (max(ends) - min(starts)).total_seconds() if metrics else None
+    shard_seconds = [float(m["wall_s"]) for m in metrics]
+    on_gpu = bool(metrics) and all(m["device"] == "cuda" for m in metrics) and config.gpu_count > 0
+    gpu_seconds = sum(shard_seconds) * config.gpu_count if on_gpu else 0.0
+    cost = estimate_cost(config.machine_type, config.gpu_type, config.gpu_count, shard_seconds)
+
+    record = {
+        "run_id": run_id,
+        "run_date": run_date,
+        "logical_date": logical_date,
+        "run_type": run_type,
+        "started_at": started_at,
+        "finished_at": max(ends) if ends else None,
+        "config_json": json.dumps(config.to_dict(), sort_keys=True),
+        "input_uri": config.input_uri,
+        "output_uri": config.output_uri,
+        **{key: manifest_stats[key] for key in MANIFEST_KEYS},
+        "processed": processed,
+        "ok": sum(m["ok"] for m in metrics),
+        "failed": sum(m["failed"] for m in metrics),
+        "shards": len(planned),
+        "wall_s": wall_s,
+        "shard_wall_s": sum(shard_seconds),
+        "inference_s": sum(float(m["infer_s"]) for m in metrics),
+        "model_load_s": _mean(float(m["model_load_s"]) for m in metrics),
+        "images_per_s": processed / wall_s if wall_s else None,
+        "images_per_s_per_gpu": processed / gpu_seconds if gpu_seconds else None,
+        "batch_latency_p50_ms": _batch_weighted(metrics, "batch_latency_p50_ms"),
+        "batch_latency_p95_ms": _batch_weighted(metrics, "batch_latency_p95_ms"),
+        "machine_type": config.machine_type,
+        "gpu_type": config.gpu_type,
+        "gpu_count": config.gpu_count,
+        "machine_hours": cost.machine_hours,
+        "gpu_hours": cost.gpu_hours,
+        "estimated_cost_usd": cost.cost_usd,
+        "cost_per_1000_images_usd": cost.cost_usd / processed * 1000
+        if cost.cost_usd is not None and processed
+        else None,
+        **pipeline_versions(),
+        "python_version": _one(metrics, "python_version") or pipeline_versions()["python_version"],
+        "torch_version": _one(metrics, "torch_version"),
+        "torchvision_version": _one(metrics, "torchvision_version"),
+        "cuda_version": _one(metrics, "cuda_version"),
+        "container_image": _one(metrics, "container_image") or config.image,
+        "device_name": _one(metrics, "device_name"),
+        "model_name": _one(metrics, "model_name") or config.model,
+        "weights_id": _one(metrics, "weights_id") or config.weights,
+        "weights_sha256": _one(metrics, "weights_sha256") or config.weights_sha256,
+        "random_weights": any(m["random_weights"] for m in metrics)
+        if metrics
+        else config.weights == RANDOM_WEIGHTS,
+        "precision": _one(metrics, "precision") or config.precision,
+        "batch_size": config.batch_size,
+        "recorded_at": recorded_at or datetime.now(UTC),
+    }
+    elsewhere = [f.name for f in schema.RUNS if f.name not in record]
+    unknown = sorted(set(accuracy or {}) - set(elsewhere))
+    if unknown:
+        raise ValueError(f"accuracy may only fill {elsewhere}, not {unknown}")
+    record |= {name: (accuracy or {}).get(name) for name in elsewhere}
+    ordered = {f.name: record[f.name] for f in schema.RUNS}
+    return jsonable(normalise_record(schema.RUNS, ordered))
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def _batch_weighted(metrics: Sequence[dict], key: str) -> float | None:
+    pairs = [(m[key], m["batches"]) for m in metrics if m[key] is not None and m["batches"]]
+    batches = sum(b for _, b in pairs)
+    return sum(value * b for value, b in pairs) / batches if batches else None
+
+
+def _one(metrics: Sequence[dict], key: str) -> str | None:
+    """The shards' common value; distinct values joined with " | " so a mixed run is visible as such."""
+    values = sorted({str(m[key]) for m in metrics if m[key] is not None})
+    return " | ".join(values) if values else None

@@ -1,0 +1,99 @@
+"""Cost estimates from the editable price table: GPUs included in G2/A2/A3 prices, billed per GPU on N1."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from detection_pipeline.pricing import PRICES_PATH, CostEstimate, PriceTable, estimate_cost, load_prices
+
+TABLE = PriceTable(
+    region="test-region",
+    machines={
+        "g2-standard-8": {"usd_per_hour": 0.8, "gpu_included": True, "gpu_type": "nvidia-l4", "gpu_count": 1},
+        "n1-standard-8": {"usd_per_hour": 0.4, "gpu_included": False},
+        "local": {"usd_per_hour": 0.0, "gpu_included": True},
+    },
+    gpus={"nvidia-l4": 0.5, "nvidia-tesla-t4": 0.35},
+)
+
+
+def test_gpus_included_in_the_machine_price_are_not_billed_twice():
+    estimate = estimate_cost("g2-standard-8", "nvidia-l4", 1, [3600, 1800], prices=TABLE)
+    assert estimate == CostEstimate(machine_hours=1.5, gpu_hours=1.5, cost_usd=pytest.approx(1.5 * 0.8))
+
+
+def test_gpus_attached_to_a_general_purpose_machine_are_billed_per_gpu():
+    estimate = estimate_cost("n1-standard-8", "nvidia-tesla-t4", 2, [1800, 1800, 3600], prices=TABLE)
+    assert estimate.machine_hours == 2.0
+    assert estimate.gpu_hours == 4.0
+    assert estimate.cost_usd == pytest.approx(2.0 * 0.4 + 4.0 * 0.35)
+    assert estimate.warnings == ()
+
+
+def test_no_gpu_means_machine_hours_only():
+    for gpu_type, gpu_count in ((None, 1), ("nvidia-tesla-t4", 0), ("", 2)):
+        estimate = estimate_cost("n1-standard-8", gpu_type, gpu_count, [7200], prices=TABLE)
+        assert (estimate.gpu_hours, estimate.cost_usd) == (0.0, pytest.approx(0.8))
+
+
+def test_the_embedded_default_costs_nothing():
+    assert estimate_cost("local", "nvidia-l4", 1, [100.0, 50.0], prices=TABLE).cost_usd == 0.0
+
+
+def test_an_empty_run_costs_zero():
+    assert estimate_cost("g2-standard-8", "nvidia-l4", 1, [], prices=TABLE) == CostEstimate(0.0, 0.0, 0.0)
+
+
+def test_unknown_types_give_a_null_cost_and_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="detection_pipeline.pricing"):
+        machine = estimate_cost("z9-mega-1", "nvidia-l4", 1, [3600], prices=TABLE)
+        gpu = estimate_cost("n1-standard-8", "nvidia-b300", 1, [3600], prices=TABLE)
+    assert machine.cost_usd is None and machine.machine_hours == 1.0
+    assert machine.warnings == ("no price for machine type 'z9-mega-1' in test-region: cost unknown",)
+    assert gpu.cost_usd is None and gpu.gpu_hours == 1.0
+    assert gpu.warnings == ("no price for GPU type 'nvidia-b300' in test-region: cost unknown",)
+    assert "z9-mega-1" in caplog.text and "nvidia-b300" in caplog.text
+
+
+def test_a_configuration_that_contradicts_the_machine_is_priced_as_the_machine_with_warnings():
+    estimate = estimate_cost("g2-standard-8", "nvidia-tesla-t4", 2, [3600], prices=TABLE)
+    assert estimate.cost_usd == pytest.approx(0.8)
+    assert estimate.warnings == (
+        "g2-standard-8 carries nvidia-l4, not nvidia-tesla-t4: priced as g2-standard-8",
+        "g2-standard-8 has 1 GPU(s), fewer than the 2 requested",
+    )
+
+
+def test_the_shipped_price_table_is_consistent():
+    prices = load_prices()
+    assert prices.region == "us-central1"
+    assert prices.machines["local"] == {"usd_per_hour": 0.0, "gpu_included": True}
+    for name, machine in prices.machines.items():
+        accelerator_optimized = name.split("-")[0] in {"g2", "a2", "a3"}
+        assert machine["gpu_included"] is (accelerator_optimized or name == "local"), name
+        if accelerator_optimized:
+            assert machine["gpu_type"] in prices.gpus and machine["gpu_count"] >= 1, name
+    for gpu in ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb"):
+        assert prices.gpus[gpu] > 0
+    # The default configuration (g2-standard-8 with one L4) is priced by the machine alone.
+    assert (
+        estimate_cost("g2-standard-8", "nvidia-l4", 1, [3600]).cost_usd
+        == prices.machines["g2-standard-8"]["usd_per_hour"]
+    )
+
+
+def test_a_malformed_price_table_names_the_file(tmp_path):
+    data = json.loads(PRICES_PATH.read_text())
+    data["machines"]["g2-standard-8"]["gpu_included"] = "yes"
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError, match=rf"invalid price table {path}: machine 'g2-standard-8': gpu_included"
+    ):
+        load_prices(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="invalid price table"):
+        load_prices(path)
