@@ -115,6 +115,9 @@ class DuckDBWarehouse(Warehouse):
         results_uris, metrics_uris = list(results_uris), list(metrics_uris)
         params = {"run_id": run_id, "run_date": day}
         with self._connect(write=True) as con:
+            # Rows need no order (every read orders explicitly); dropping it lets DuckDB insert in parallel:
+            # ~30% faster loads (bench/bench_warehouse.py).
+            con.execute("SET preserve_insertion_order = false")
             _register_filesystems(con, [*results_uris, *metrics_uris])
             con.execute("BEGIN TRANSACTION")
             try:
