@@ -46,8 +46,10 @@ def object_detection_batch():
     loaded = tasks.load_results(run, shards)
     detections >> loaded
 
-    # 4. Aggregate, verify, report
-    record = tasks.aggregate(run, manifest, shards)
+    # 4. Aggregate (with accuracy when ground truth is given), verify, report
+    accuracy = tasks.evaluate(run, shards)
+    loaded >> accuracy
+    record = tasks.aggregate(run, manifest, shards, accuracy)
     loaded >> record >> tasks.verify(run, manifest, shards) >> tasks.report(run, record)
 
 

@@ -170,8 +170,6 @@ def main() -> None:
         "min_size": args.min_size,
         "max_size": max(args.min_size, 1333 * args.min_size // 800),
         "shard_size": max(1, (args.images + 2) // 2),
-        "machine_type": "local",
-        "gpu_type": "none",
     }
     print(f"demo: running the DAG with conf {json.dumps(conf)}")
     dag_run = _load_dag().test(run_conf=conf)

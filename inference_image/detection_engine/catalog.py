@@ -18,6 +18,24 @@ class ModelSpec:
     family: str  # faster_rcnn | retinanet | fcos | ssd | ssdlite
     weights_enum: str  # torchvision.models.detection weights enum class name
     resizable: bool  # whether min_size/max_size apply (SSD models have a fixed input size)
+    weights_members: tuple[str, ...] = ("COCO_V1",)  # members of the enum; DEFAULT aliases the first
+
+
+def weights_id(model: str, weights: str) -> str:
+    """The id results and run records carry for these weights, as the engine records it.
+
+    An enum member (or DEFAULT) becomes `EnumClass.MEMBER`, so `DEFAULT` and `COCO_V1` are one model version;
+    a state dict keeps its URI; `none` stays `none`. Lets the Airflow side find earlier results of the same
+    model version (incremental runs) without importing torch.
+    """
+    spec = MODELS[model]
+    if weights == RANDOM_WEIGHTS:
+        return RANDOM_WEIGHTS
+    if weights == "DEFAULT":
+        return f"{spec.weights_enum}.{spec.weights_members[0]}"
+    if weights in spec.weights_members:
+        return f"{spec.weights_enum}.{weights}"
+    return weights
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -143,6 +143,19 @@ class RunConfig:
         {"type": "boolean"},
         default=False,
     )
+    ground_truth_uri: str | None = _field(
+        "COCO annotation JSON (images, annotations, categories) whose file_names match the ends of the input "
+        "URIs; when set, the evaluate step adds COCO box mAP to the run record and report.",
+        {"type": ["null", "string"], "maxLength": 4096, "pattern": rf"^{_LOCAL_OR_GCS}{_NO_CONTROL}$"},
+        default=None,
+        hint="an absolute local path, file:// or gs:// URI",
+    )
+    eval_score_threshold: float = _field(
+        "With ground_truth_uri: keep detections down to this score (and up to 100 per image) so mAP covers the "
+        "whole precision-recall curve; the results table then holds them too.",
+        {"type": "number", "minimum": 0, "maximum": 1},
+        default=0.05,
+    )
     image: str = _field(
         "Container image of the detection engine (inference_image/).",
         {"type": "string", "maxLength": 512, "pattern": uris.IMAGE_REFERENCE},

@@ -88,8 +88,11 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     """The deployment's settings from `env`; SettingsError naming the variable when one is invalid."""
     var = REPO_ROOT / "var"
     read = _Reader(env)
+    launcher = read("DETECTION_LAUNCHER", "local", _one_of(LAUNCHERS))
+    # The embedded default runs on this machine: cost it at the price table's $0 "local" entry.
+    default_machine = "local" if launcher == "local" else "g2-standard-8"
     settings = Settings(
-        launcher=read("DETECTION_LAUNCHER", "local", _one_of(LAUNCHERS)),
+        launcher=launcher,
         input_uri=read("DETECTION_INPUT_URI", str(var / "demo" / "images"), _input_uri),
         output_uri=read("DETECTION_OUTPUT_URI", str(var / "output"), _output_uri),
         warehouse=read("DETECTION_WAREHOUSE", f"duckdb://{var / 'warehouse.duckdb'}", _warehouse),
@@ -97,7 +100,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         namespace=read("DETECTION_NAMESPACE", "default", uris.check_dns_label),
         service_account_name=read("DETECTION_SERVICE_ACCOUNT", None, _service_account),
         gpu_type=read("DETECTION_GPU_TYPE", "nvidia-l4", uris.check_dns_label),
-        machine_type=read("DETECTION_MACHINE_TYPE", "g2-standard-8", uris.check_dns_label),
+        machine_type=read("DETECTION_MACHINE_TYPE", default_machine, uris.check_dns_label),
         max_active_pods=read("DETECTION_MAX_ACTIVE_PODS", "8", _integer(1, 1024)),
         max_active_runs=read("DETECTION_MAX_ACTIVE_RUNS", "1", _integer(1, 64)),
         kubernetes_conn_id=read("DETECTION_KUBERNETES_CONN_ID", "kubernetes_default", _conn_id),

@@ -8,13 +8,17 @@ re-reads Params or recomputes the run prefix.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import UTC, datetime
+from functools import partial
 
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from detection_engine import layout
+from detection_engine import catalog, layout
 from detection_pipeline.config import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
 
 
 def _config(run: dict) -> RunConfig:
@@ -60,7 +64,12 @@ def build_manifest(run: dict) -> dict:
     if config.incremental:
         warehouse = _warehouse(run)
         warehouse.ensure_tables()
-        already_processed = lambda: warehouse.processed_uris(config.model, config.weights)  # noqa: E731
+        already_processed = partial(
+            warehouse.processed_uris,
+            config.model,
+            catalog.weights_id(config.model, config.weights),
+            exclude_run_id=run["run_id"],  # a re-run must not skip what its own earlier attempt did
+        )
     stats = manifest.build_manifest(config, run["run_prefix"], already_processed=already_processed)
     return dataclasses.asdict(stats)
 
@@ -103,7 +112,26 @@ def load_results(run: dict, specs: list[dict]) -> dict:
 
 
 @task
-def aggregate(run: dict, manifest_stats: dict, specs: list[dict]) -> dict:
+def evaluate(run: dict, specs: list[dict]) -> dict:
+    """COCO box mAP of the run against its ground truth (the run record's accuracy columns); null without one."""
+    from detection_pipeline import evaluation
+
+    config = _config(run)
+    if config.ground_truth_uri is None:
+        return evaluation.no_accuracy()
+    result = evaluation.evaluate_run_files(
+        config.ground_truth_uri,
+        run["run_prefix"],
+        [spec["shard_index"] for spec in specs],
+        config.eval_score_threshold,
+    )
+    diagnostics = {k: v for k, v in result.items() if k not in evaluation.ACCURACY_COLUMNS}
+    log.info("COCO evaluation: %s", diagnostics)  # unmatched images and categories, for whoever reads the log
+    return {k: result[k] for k in evaluation.ACCURACY_COLUMNS}
+
+
+@task
+def aggregate(run: dict, manifest_stats: dict, specs: list[dict], accuracy: dict) -> dict:
     """Build the run record (counts, throughput, latency, cost, versions) and write it, replacing any earlier one."""
     from detection_pipeline.aggregate import build_run_record, read_shard_metrics
 
@@ -118,6 +146,7 @@ def aggregate(run: dict, manifest_stats: dict, specs: list[dict]) -> dict:
         shard_specs=specs,
         metrics=metrics,
         started_at=run["started_at"],
+        accuracy=accuracy,
     )
     _warehouse(run).write_run_record(record)
     return record

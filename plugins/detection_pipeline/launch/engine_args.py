@@ -34,6 +34,8 @@ NOT_ENGINE_OPTIONS: frozenset[str] = frozenset(
         "max_shards",
         "dedup_mode",
         "incremental",
+        "ground_truth_uri",  # read by the evaluate step; it only lowers the engine's score threshold
+        "eval_score_threshold",
         "image",
         "gpu_type",
         "gpu_count",
@@ -60,8 +62,17 @@ def engine_arguments(
         _option("--run-date", run_date),
         _option("--shard-index", shard_index),
     ]
+    from detection_pipeline.evaluation import engine_detection_limits  # pyarrow: not at DAG parse time
+
+    values = {field: getattr(config, field) for field in ENGINE_OPTIONS}
+    values["score_threshold"], values["max_detections"] = engine_detection_limits(
+        config.score_threshold,
+        config.max_detections,
+        evaluating=config.ground_truth_uri is not None,
+        eval_score_threshold=config.eval_score_threshold,
+    )
     for field, flag in ENGINE_OPTIONS.items():
-        value = getattr(config, field)
+        value = values[field]
         if value is not None:
             args.append(_option(flag, value))
     return args
