@@ -86,7 +86,7 @@ def test_whole_dag_on_the_embedded_default(tmp_path, load_dag):
     warehouse = tmp_path / "warehouse.duckdb"
     dag = load_dag()
 
-    first = dag.test(logical_date=LOGICAL_DATE, run_conf=conf)
+    first = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=conf)
     assert str(first.state) in ("success", "DagRunState.SUCCESS")
 
     with duckdb.connect(str(warehouse), read_only=True) as con:
@@ -123,7 +123,7 @@ def test_whole_dag_on_the_embedded_default(tmp_path, load_dag):
     assert Path(layout.report_uri(layout.run_prefix(conf["output_uri"], first.run_id))).is_file()
 
     before = _counts(warehouse, first.run_id)
-    second = dag.test(logical_date=LOGICAL_DATE, run_conf=conf)
+    second = dag.test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=conf)
     assert second.run_id == first.run_id
     assert str(second.state) in ("success", "DagRunState.SUCCESS")
     assert (
@@ -142,7 +142,7 @@ def test_an_empty_input_is_a_clean_recorded_run(tmp_path, load_dag):
     empty = tmp_path / "empty"
     empty.mkdir()
     conf = {**_conf(tmp_path, empty), "input_uri": str(empty)}
-    run = load_dag().test(logical_date=LOGICAL_DATE, run_conf=conf)
+    run = load_dag().test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=conf)
     assert str(run.state) in ("success", "DagRunState.SUCCESS")
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT processed, ok, failed, shards FROM runs").fetchall() == [(0, 0, 0, 0)]
@@ -152,7 +152,7 @@ def test_an_empty_input_is_a_clean_recorded_run(tmp_path, load_dag):
 def test_a_bad_conf_fails_before_any_shard_runs(tmp_path, load_dag):
     conf = {**_conf(tmp_path, tmp_path), "batch_size": -1, "model": "yolo"}
     try:
-        run = load_dag().test(logical_date=LOGICAL_DATE, run_conf=conf)
+        run = load_dag().test(logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE, run_conf=conf)
     except Exception as exc:  # Params' JSON schema may reject it as the run is created
         assert "batch_size" in str(exc) or "model" in str(exc)
     else:
