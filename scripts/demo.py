@@ -66,7 +66,7 @@ def _choose_weights(model: str, requested: str | None) -> str:
         return "DEFAULT"
     print(
         f"demo: pretrained {model} weights cannot be downloaded here, so this demo runs with random weights "
-        "(flagged in every row); pass --weights /path/to/state_dict.pth (or set DETECTION_DEMO_WEIGHTS) for real ones."
+        '(flagged in every row); for real ones: make demo ARGS="--weights /path/to/state_dict.pth".'
     )
     return "none"
 

@@ -122,8 +122,11 @@ def build_run_record(
     wall_s = (max(ends) - min(starts)).total_seconds() if metrics else None
     shard_seconds = [float(m["wall_s"]) for m in metrics]
     on_gpu = bool(metrics) and all(m["device"] == "cuda" for m in metrics) and config.gpu_count > 0
+    # Record (and cost) the GPUs that ran, not the ones asked for: shards that all ran on the CPU used none.
+    on_cpu = bool(metrics) and all(m["device"] == "cpu" for m in metrics)
+    gpu_type, gpu_count = (None, 0) if on_cpu else (config.gpu_type, config.gpu_count)
     gpu_seconds = sum(shard_seconds) * config.gpu_count if on_gpu else 0.0
-    cost = estimate_cost(config.machine_type, config.gpu_type, config.gpu_count, shard_seconds)
+    cost = estimate_cost(config.machine_type, gpu_type, gpu_count, shard_seconds)
 
     record = {
         "run_id": run_id,
@@ -149,8 +152,8 @@ def build_run_record(
         "batch_latency_p50_ms": _batch_weighted(metrics, "batch_latency_p50_ms"),
         "batch_latency_p95_ms": _batch_weighted(metrics, "batch_latency_p95_ms"),
         "machine_type": config.machine_type,
-        "gpu_type": config.gpu_type,
-        "gpu_count": config.gpu_count,
+        "gpu_type": gpu_type,
+        "gpu_count": gpu_count,
         "machine_hours": cost.machine_hours,
         "gpu_hours": cost.gpu_hours,
         "estimated_cost_usd": cost.cost_usd,
@@ -162,7 +165,7 @@ def build_run_record(
         "torch_version": _one(metrics, "torch_version"),
         "torchvision_version": _one(metrics, "torchvision_version"),
         "cuda_version": _one(metrics, "cuda_version"),
-        "container_image": _one(metrics, "container_image") or config.image,
+        "container_image": _one(metrics, "container_image"),  # none for the embedded default's local process
         "device_name": _one(metrics, "device_name"),
         "model_name": _one(metrics, "model_name") or config.model,
         "weights_id": _one(metrics, "weights_id") or config.weights,

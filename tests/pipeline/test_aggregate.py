@@ -201,6 +201,17 @@ def test_cpu_shards_have_no_per_gpu_throughput_and_local_costs_nothing(tmp_path)
     assert record["images_per_s"] == pytest.approx(105 / 140)
     assert (record["estimated_cost_usd"], record["cost_per_1000_images_usd"]) == (0.0, 0.0)
     assert record["cuda_version"] is None
+    assert (record["gpu_type"], record["gpu_count"], record["gpu_hours"]) == (None, 0, 0.0), "no GPU ran"
+
+
+def test_cpu_shards_are_not_billed_for_the_gpus_the_config_asked_for(tmp_path):
+    metrics = [m | {"device": "cpu"} for m in _two_gpu_shards()]
+    on_cpu = _record(_config(tmp_path, machine_type="n1-standard-8", gpu_type="nvidia-tesla-t4"), metrics)
+    on_gpu = _record(
+        _config(tmp_path, machine_type="n1-standard-8", gpu_type="nvidia-tesla-t4"), _two_gpu_shards()
+    )
+    assert on_cpu["gpu_hours"] == 0.0 and on_gpu["gpu_hours"] > 0
+    assert 0 < on_cpu["estimated_cost_usd"] < on_gpu["estimated_cost_usd"]
 
 
 def test_an_unpriced_machine_gives_a_null_cost_not_a_failure(tmp_path):
@@ -221,7 +232,7 @@ def test_an_empty_run_gives_a_valid_record_of_zeros_and_nulls(tmp_path):
     assert (record["model_name"], record["weights_id"], record["random_weights"]) == (
         config.model, "none", True,
     )  # fmt: skip
-    assert record["container_image"] == config.image
+    assert record["container_image"] is None, "no shard ran, so no container image ran"
     warehouse = open_warehouse(config.warehouse)
     warehouse.ensure_tables()
     warehouse.write_run_record(record)
