@@ -135,9 +135,11 @@ class Config:
     def label(self) -> str:
         if self.mode == "naive":
             return "naive loop"
-        grouped = " grouped" if self.group_window > 1 and self.batch_size > 1 else ""
-        experiment = " channels_last (experiment)" if self.mode == "channels_last" else ""
-        return f"engine b={self.batch_size}{grouped}{experiment}"
+        grouping = ""
+        if self.batch_size > 1:
+            grouping = " grouped" if self.group_window > 1 else ", no grouping"
+        experiment = ", channels_last (experiment)" if self.mode == "channels_last" else ""
+        return f"engine b={self.batch_size}{grouping}{experiment}"
 
 
 def run_config(
