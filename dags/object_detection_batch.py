@@ -11,6 +11,8 @@ Wiring only: the logic lives in plugins/detection_pipeline. Trigger with conf to
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import dag
 
 from detection_pipeline import tasks
@@ -28,7 +30,11 @@ settings = load_settings()
     catchup=False,
     max_active_runs=settings.max_active_runs,
     params=PARAMS,
-    default_args={"owner": "ml-platform", "retries": 2},
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=settings.retry_delay_s),
+    },
     tags=["detection", "gpu", "torchvision"],
     doc_md=__doc__,
 )

@@ -25,6 +25,7 @@ override every Param. The embedded default needs none of them: its defaults poin
 | DETECTION_POD_CPU | 4 | CPU request of a shard pod (Kubernetes quantity) |
 | DETECTION_POD_MEMORY | 16Gi | memory request of a shard pod (Kubernetes quantity) |
 | DETECTION_POD_STARTUP_TIMEOUT_S | 900 | how long a pod may wait for a GPU node (autoscaling) and start |
+| DETECTION_RETRY_DELAY_S | 60 | wait before a failed task's retry (warehouse or storage outages); detect keeps its own |
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Settings:
     pod_cpu_request: str
     pod_memory_request: str
     pod_startup_timeout_s: int
+    retry_delay_s: int = 60
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
@@ -110,6 +112,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         pod_cpu_request=read("DETECTION_POD_CPU", "4", _quantity),
         pod_memory_request=read("DETECTION_POD_MEMORY", "16Gi", _quantity),
         pod_startup_timeout_s=read("DETECTION_POD_STARTUP_TIMEOUT_S", "900", _integer(30, 24 * 3600)),
+        retry_delay_s=read("DETECTION_RETRY_DELAY_S", "60", _integer(1, 3600)),
     )
     input_prefix = uris.static_prefix(settings.input_uri)
     if input_prefix == settings.input_uri and uris.is_within(settings.output_uri, settings.input_uri):
