@@ -28,6 +28,7 @@ import fsspec
 
 from detection_engine import layout, schema
 from detection_engine.catalog import RANDOM_WEIGHTS
+from detection_pipeline import uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.pricing import estimate_cost
 from detection_pipeline.versions import pipeline_versions
@@ -135,8 +136,9 @@ def build_run_record(
         "run_type": run_type,
         "started_at": started_at,
         "finished_at": max(ends) if ends else None,
-        "config_json": json.dumps(config.to_dict(), sort_keys=True),
-        "input_uri": config.input_uri,
+        # Records outlive runs and reach every analyst: credentials and signed-URL tokens stay out of them.
+        "config_json": config.to_json(),
+        "input_uri": uris.redact(config.input_uri),
         "output_uri": config.output_uri,
         **{key: manifest_stats[key] for key in MANIFEST_KEYS},
         "processed": processed,
