@@ -32,7 +32,9 @@ def _warehouse(run: dict):
     return open_warehouse(_config(run).warehouse, gcp_conn_id=load_settings().gcp_conn_id)
 
 
-@task
+# Its return value holds the conf as given, credentials of an http input URI included (the run needs them):
+# Airflow's "Returned value was" log line must not print it.
+@task(show_return_value_in_logs=False)
 def validate_config() -> dict:
     """Fail the run before any pod starts when the conf is wrong; otherwise fix the run's identity."""
     context = get_current_context()
