@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 
 WHITESPACE = " \t\r\n\x0b\x0c"
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+# Image files by extension. HEIC/HEIF/AVIF are images the engine does not decode: they are listed all the same,
+# so each gets an `unsupported` error row instead of vanishing into skipped_not_image.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif", "avif")
 MANIFEST_EXTENSIONS = ("txt", "csv", "parquet")
 STATE_DICT_EXTENSIONS = ("pt", "pth", "bin", "ckpt")
 
