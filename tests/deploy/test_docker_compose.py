@@ -50,6 +50,16 @@ def test_the_image_installs_the_project_requirements():
     assert f"apache/airflow:{airflow_pin.split('==')[1]}-python3.11" in dockerfile
 
 
+def test_the_embedded_default_in_compose_has_the_engine_installed():
+    compose = _compose()
+    environment = compose["x-airflow-common"]["environment"]
+    assert environment["DETECTION_LAUNCHER"].endswith(":-local}")
+    build = compose["services"]["airflow-scheduler"]["build"]
+    assert build["args"]["WITH_ENGINE"].endswith(":-true}")
+    dockerfile = (ROOT / build["context"] / build["dockerfile"]).read_text()
+    assert "-r /tmp/inference_image/requirements.txt" in dockerfile
+
+
 def test_requirements_are_exact_pins():
     for name in ("requirements.txt", "requirements-dev.txt", "inference_image/requirements.txt"):
         lines = [
