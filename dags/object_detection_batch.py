@@ -56,7 +56,7 @@ def object_detection_batch():
     accuracy = tasks.evaluate(run, shards)
     loaded >> accuracy
     record = tasks.aggregate(run, manifest, shards, accuracy)
-    loaded >> record >> tasks.verify(run, manifest, shards) >> tasks.report(run, record)
+    record >> tasks.verify(run, manifest, shards) >> tasks.report(run, record)
 
 
 dag = object_detection_batch()
