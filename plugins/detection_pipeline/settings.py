@@ -25,7 +25,7 @@ override every Param. The embedded default needs none of them: its defaults poin
 | DETECTION_POD_CPU | 4 | CPU request of a shard pod (Kubernetes quantity) |
 | DETECTION_POD_MEMORY | 16Gi | memory request of a shard pod (Kubernetes quantity) |
 | DETECTION_POD_STARTUP_TIMEOUT_S | 900 | how long a pod may wait for a GPU node (autoscaling) and start |
-| DETECTION_RETRY_DELAY_S | 60 | wait before a failed task's retry (warehouse or storage outages); detect keeps its own |
+| DETECTION_RETRY_DELAY_S | 60 | wait before a failed task's retry (warehouse or storage outages, preempted GPU nodes) |
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import kubernetes_validate
@@ -15,7 +16,7 @@ from airflow.sdk import DAG, task
 from kubernetes.client import ApiClient
 
 from detection_pipeline.config import RunConfig
-from detection_pipeline.launch import MAP_INDEX_TEMPLATE, RETRIES, RETRY_DELAY, detect_task
+from detection_pipeline.launch import MAP_INDEX_TEMPLATE, RETRIES, detect_task
 from detection_pipeline.launch.engine_args import engine_arguments
 from detection_pipeline.launch.pod import POD_NAME_MAX, RUN_AS_USER, detect_shard_kwargs, pod_name, run_hash
 from detection_pipeline.settings import load_settings
@@ -215,7 +216,7 @@ def test_mapped_task_caps_gpu_pods_retries_and_defers(connection):
     assert mapped.task_id == "detect"
     assert mapped.operator_class is KubernetesPodOperator
     assert mapped.max_active_tis_per_dag == 7
-    assert mapped.retries == RETRIES and mapped.retry_delay == RETRY_DELAY
+    assert mapped.retries == RETRIES and mapped.retry_delay == timedelta(seconds=settings.retry_delay_s)
     assert operator.max_active_tis_per_dag == 7
     assert operator.retries == RETRIES
     assert operator.deferrable is True

@@ -50,6 +50,7 @@ def test_every_variable_is_read():
         "DETECTION_POD_CPU": "7500m",
         "DETECTION_POD_MEMORY": "30Gi",
         "DETECTION_POD_STARTUP_TIMEOUT_S": "1800",
+        "DETECTION_RETRY_DELAY_S": "15",
     }
 
     settings = load_settings(env)
@@ -73,6 +74,7 @@ def test_every_variable_is_read():
         pod_cpu_request="7500m",
         pod_memory_request="30Gi",
         pod_startup_timeout_s=1800,
+        retry_delay_s=15,
     )
 
 
@@ -124,6 +126,7 @@ def test_local_uris_are_canonical():
         ("DETECTION_POD_CPU", "four", "not a Kubernetes quantity"),
         ("DETECTION_POD_MEMORY", "16 GB", "not a Kubernetes quantity"),
         ("DETECTION_POD_STARTUP_TIMEOUT_S", "5", "integer from 30 to 86400"),
+        ("DETECTION_RETRY_DELAY_S", "0", "integer from 1 to 3600"),
     ],
 )
 def test_an_invalid_value_names_its_variable(variable, value, message):

@@ -25,7 +25,6 @@ TASK_ID = "detect"
 # A retry re-runs the whole shard and replaces its files (atomic writes), so retrying is always safe; it
 # covers preempted GPU nodes and transient storage errors.
 RETRIES = 3
-RETRY_DELAY = timedelta(minutes=1)
 # Shown in the grid instead of a bare map index; both operators keep the per-shard `labels`.
 MAP_INDEX_TEMPLATE = "shard {{ task.labels['shard'] }} ({{ task.labels['images'] }} images)"
 
@@ -35,7 +34,7 @@ def detect_task(settings: Settings) -> OperatorPartial:
     task_kwargs = {
         "task_id": TASK_ID,
         "retries": RETRIES,
-        "retry_delay": RETRY_DELAY,
+        "retry_delay": timedelta(seconds=settings.retry_delay_s),
         "map_index_template": MAP_INDEX_TEMPLATE,
         # Per DAG, not per run: the GPU quota is shared by every run, backfills included.
         "max_active_tis_per_dag": settings.max_active_pods,
