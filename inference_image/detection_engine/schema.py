@@ -168,7 +168,9 @@ RUNS: tuple[Field, ...] = (
 MANIFEST: tuple[Field, ...] = (
     _f("image_uri", "STRING", "REQUIRED", "Normalised URI of a unique input image"),
     _f("shard_index", "INT64", "REQUIRED", "The shard that processes it"),
-    _f("content_sha1", "STRING", "NULLABLE", "SHA-1 of its bytes, when dedup_mode=content (null: unreadable)"),
+    _f(
+        "content_sha1", "STRING", "NULLABLE", "SHA-1 of its bytes, when dedup_mode=content (null: unreadable)"
+    ),
 )
 SHARD_MANIFEST: tuple[Field, ...] = MANIFEST[:1]
 
