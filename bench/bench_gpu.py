@@ -1,0 +1,614 @@
+"""Benchmark: Faster R-CNN R50-FPN v1 on one GPU, through the engine's own API.
+
+Measured, each with the engine's code (`load_model`, `Detector`, `run_pipeline`, `python -m detection_engine`):
+
+1. images/s at batch 1/8/16/32 in fp32, fp16 and bf16 (`run_pipeline` over N JPEGs on local disk: fetch,
+   decode and inference overlapped as in a shard), with the share of wall time the model is busy
+   (`infer_s / wall_s`, the engine's own `model_busy_fraction`), mean GPU utilisation (NVML) and peak memory;
+2. agreement of fp16/bf16 detections with fp32 at the same batch size (same label, IoU >= 0.5);
+3. decode: the engine's CPU decode (Pillow on its decode threads) against nvJPEG (`torchvision.io.decode_jpeg`
+   on the GPU), decode alone and feeding the same `Detector`. GPU decode is not an engine option: this says
+   whether it would be worth adding;
+4. end to end: one shard through `python -m detection_engine` (process start, CUDA init, model load, the data
+   path, results Parquet written) at fp16 and bf16 at the fastest batch size.
+
+Weights: torchvision's COCO weights when they are in the torch hub cache, else `--weights PATH` (a state dict),
+else random weights (speed is the same; agreement then has no detections to compare, and says so).
+
+    .venv/bin/python bench/bench_gpu.py --out gpu.json               # on a CUDA machine; ~5-10 minutes
+    .venv/bin/python bench/bench_gpu.py --allow-cpu                  # tiny smoke run on CPU: the script works
+
+Without CUDA the script refuses (exit 2) unless `--allow-cpu`, which runs it tiny (16 images at ~100 px, model
+size 64, batches 1 and 8, one run; fp16/bf16 fall back to fp32 on CPU as in the engine) to show it works, not
+how fast anything is.
+
+Targets (issue #6): model busy >= 90%; >= 400 images/s end to end on one H200 at reduced precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, add_source_paths, load_average, markdown_table, write_images  # noqa: E402
+
+add_source_paths()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
+from torchvision.models import get_model_weights  # noqa: E402
+
+from detection_engine.decode import DEFAULT_MAX_PIXELS, decode_image  # noqa: E402
+from detection_engine.fetch import fetch_bytes  # noqa: E402
+from detection_engine.inference import Detections, Detector  # noqa: E402
+from detection_engine.metrics import UtilizationSampler  # noqa: E402
+from detection_engine.models import ModelOptions, effective_precision, load_model  # noqa: E402
+from detection_engine.pipeline import PipelineOptions, run_pipeline  # noqa: E402
+from detection_engine.preprocess import host_tensor  # noqa: E402
+
+MODEL = "fasterrcnn_resnet50_fpn"
+PHOTO_SHAPES = [
+    (640, 480),
+    (480, 640),
+    (800, 600),
+    (1024, 576),
+    (600, 800),
+    (576, 1024),
+    (720, 540),
+    (540, 720),
+]
+SMOKE_SHAPES = [(128, 96), (96, 128), (112, 112)]
+MATCH_IOU = 0.5
+TARGET_BUSY, TARGET_IMAGES_PER_S = 0.90, 400.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: the full benchmark on CUDA, or the tiny smoke version on CPU."""
+
+    device: torch.device
+    smoke: bool
+    images: int
+    shapes: list[tuple[int, int]]
+    min_size: int | None
+    max_size: int | None
+    batch_sizes: list[int]
+    precisions: list[str]
+    runs: int
+    weights: str
+    score_threshold: float
+    fetch_workers: int
+    decode_workers: int
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    defaults = PipelineOptions()
+    common = {
+        "precisions": args.precisions,
+        "weights": choose_weights(args.weights),
+        "score_threshold": args.score_threshold,
+        "fetch_workers": args.fetch_workers or defaults.fetch_workers,
+        "decode_workers": args.decode_workers or defaults.decode_workers,
+    }
+    if torch.cuda.is_available():
+        return Plan(
+            torch.device("cuda"),
+            False,
+            args.images,
+            PHOTO_SHAPES,
+            args.min_size,
+            args.max_size,
+            args.batch_sizes,
+            runs=args.runs,
+            **common,
+        )
+    return Plan(
+        torch.device("cpu"),
+        True,
+        16,
+        SMOKE_SHAPES,
+        64,
+        128,
+        [b for b in args.batch_sizes if b <= 8][:2] or [1],
+        runs=1,
+        **common,
+    )
+
+
+def choose_weights(requested: str | None) -> str:
+    """The COCO weights when cached (no network on GPU machines), else what was asked, else random."""
+    if requested:
+        return requested
+    url = get_model_weights(MODEL).DEFAULT.url
+    if (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).exists():
+        return "DEFAULT"
+    print(
+        f"bench_gpu: {MODEL} COCO weights are not in {torch.hub.get_dir()}; using random weights (same speed; "
+        "precision agreement needs real detections: pass --weights /path/to/state_dict.pth)",
+        file=sys.stderr,
+    )
+    return "none"
+
+
+# -- 1 and 2: throughput, model busy, agreement -----------------------------------------------------
+
+
+def throughput_grid(p: Plan, loaded, uris: list[str]) -> tuple[list[dict], dict]:
+    """Every (precision, batch size) through run_pipeline; returns rows and each one's detections."""
+    rows, found = [], {}
+    for requested in p.precisions:
+        precision = effective_precision(requested, p.device)
+        detector = Detector(loaded.model, p.device, precision, p.score_threshold, 50)
+        for batch_size in p.batch_sizes:
+            options = PipelineOptions(
+                batch_size=batch_size, fetch_workers=p.fetch_workers, decode_workers=p.decode_workers
+            )
+            run_pipeline(uris[: max(2 * batch_size, 8)], detector, options)  # warm-up: allocator, kernels
+            walls, busy, utilization, peaks = [], [], [], []
+            for _ in range(p.runs):
+                reset_peak_memory(p.device)
+                with UtilizationSampler(p.device, interval_s=0.2) as sampler:
+                    outcome = run_pipeline(uris, detector, options)
+                walls.append(outcome.wall_s)
+                busy.append(outcome.infer_s / outcome.wall_s)
+                utilization.append(sampler.mean)
+                peaks.append(peak_memory_mib(p.device))
+            found[(requested, batch_size)] = [r.detections for r in outcome.results]
+            wall = statistics.median(walls)
+            rows.append(
+                {
+                    "precision": requested,
+                    "ran_as": precision,
+                    "batch_size": batch_size,
+                    "images": len(uris),
+                    "wall_s": [round(w, 3) for w in walls],
+                    "images_per_s": round(len(uris) / wall, 1),
+                    "model_busy": round(statistics.median(busy), 3),
+                    "gpu_utilization": None
+                    if None in utilization
+                    else round(statistics.median(utilization), 1),
+                    "peak_memory_mib": round(max(peaks), 1),
+                    "detections": sum(len(d) for d in found[(requested, batch_size)] if d is not None),
+                }
+            )
+            print(f"  {requested} b={batch_size}: {rows[-1]['images_per_s']} images/s", file=sys.stderr)
+    for row in rows:
+        reference = found.get(("fp32", row["batch_size"]))
+        row["agreement_with_fp32"] = (
+            agreement(reference, found[(row["precision"], row["batch_size"])])
+            if reference is not None and row["precision"] != "fp32"
+            else None
+        )
+    return rows, found
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def agreement(reference: list[Detections | None], other: list[Detections | None]) -> dict:
+    """How far `other` agrees with `reference`: detections matched one to one (same label, IoU >= 0.5,
+    greedily by score), as F1 = 2 * matched / (both counts); the mean score difference of matched pairs; and
+    the images whose detections match exactly in count and labels."""
+    matched = total = same_images = 0
+    score_diffs = []
+    for ref, oth in zip(reference, other, strict=True):
+        if ref is None or oth is None:
+            continue
+        total += len(ref) + len(oth)
+        used = np.zeros(len(ref), dtype=bool)
+        for j in np.argsort(-oth.scores, kind="stable"):
+            candidates = (~used) & (ref.labels == oth.labels[j])
+            if not candidates.any():
+                continue
+            overlaps = np.where(candidates, iou(oth.boxes[j], ref.boxes), -1.0)
+            best = int(np.argmax(overlaps))
+            if overlaps[best] >= MATCH_IOU:
+                used[best] = True
+                matched += 1
+                score_diffs.append(abs(float(ref.scores[best]) - float(oth.scores[j])))
+        same_images += len(ref) == len(oth) and sorted(ref.labels.tolist()) == sorted(oth.labels.tolist())
+    return {
+        "f1": round(2 * matched / total, 4) if total else None,  # None: no detections on either side
+        "mean_score_diff": round(statistics.fmean(score_diffs), 5) if score_diffs else None,
+        "same_images": same_images,
+        "compared_detections": total,
+    }
+
+
+# -- 3: CPU decode vs GPU decode --------------------------------------------------------------------
+
+
+def decode_comparison(p: Plan, detector: Detector, uris: list[str], batch_size: int) -> dict:
+    """Decode alone both ways, the pixels' agreement, and nvJPEG feeding the Detector end to end."""
+    blobs = [fetch_bytes(uri) for uri in uris]
+    pin = p.device.type == "cuda"
+
+    def cpu_decode(data: bytes) -> torch.Tensor:
+        return host_tensor(decode_image(data, DEFAULT_MAX_PIXELS), pin)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(p.decode_workers) as pool:
+        cpu_images = list(pool.map(cpu_decode, blobs))
+    cpu_s = time.perf_counter() - started
+
+    encoded = [torch.from_numpy(np.frombuffer(b, dtype=np.uint8).copy()) for b in blobs]
+    gpu_decode(encoded[:batch_size], p.device)  # warm-up: nvJPEG handles
+    started = time.perf_counter()
+    gpu_images = []
+    for i in range(0, len(encoded), batch_size):
+        gpu_images += gpu_decode(encoded[i : i + batch_size], p.device)
+    synchronize(p.device)
+    gpu_s = time.perf_counter() - started
+    pixel_diff = statistics.fmean(
+        float((a.to(torch.int16) - b.cpu().to(torch.int16)).abs().float().mean())
+        for a, b in zip(cpu_images[:64], gpu_images[:64], strict=False)
+    )
+
+    # nvJPEG feeding the Detector: bytes read by the engine's fetch on threads, decoded on the device in
+    # batches, then the same Detector; no look-ahead, so decode and model take turns on the GPU.
+    started = time.perf_counter()
+    infer_s = 0.0
+    with ThreadPoolExecutor(p.fetch_workers) as pool:
+        for i in range(0, len(uris), batch_size):
+            chunk = [
+                torch.from_numpy(np.frombuffer(b, dtype=np.uint8).copy())
+                for b in pool.map(fetch_bytes, uris[i : i + batch_size])
+            ]
+            images = gpu_decode(chunk, p.device)
+            t = time.perf_counter()
+            detector(images)
+            infer_s += time.perf_counter() - t
+    e2e_s = time.perf_counter() - started
+    return {
+        "images": len(uris),
+        "decode_device": str(p.device),
+        "cpu_decode_threads": p.decode_workers,
+        "cpu_decode_images_per_s": round(len(uris) / cpu_s, 1),
+        "gpu_decode_images_per_s": round(len(uris) / gpu_s, 1),
+        "mean_abs_pixel_diff": round(pixel_diff, 3),
+        "gpu_decode_detector_batch": batch_size,
+        "gpu_decode_detector_precision": detector.precision,
+        "gpu_decode_detector_images_per_s": round(len(uris) / e2e_s, 1),
+        "gpu_decode_detector_model_busy": round(infer_s / e2e_s, 3),
+    }
+
+
+def gpu_decode(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """nvJPEG batch decode to HxWx3 uint8 on the device, the layout the Detector takes."""
+    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    return [image.permute(1, 2, 0) for image in decoded]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- 4: one shard end to end ------------------------------------------------------------------------
+
+
+def shard_end_to_end(p: Plan, uris: list[str], workdir: Path, precision: str, batch_size: int) -> dict:
+    """`python -m detection_engine` on one shard of all the images, timed from spawn to exit."""
+    manifest = workdir / "shard.txt"
+    manifest.write_text("\n".join(uris) + "\n")
+    summary = workdir / f"summary-{precision}.json"
+    command = [
+        sys.executable,
+        "-m",
+        "detection_engine",
+        f"--manifest={manifest}",
+        f"--output-prefix={workdir / f'shard-{precision}'}",
+        "--run-id=bench_gpu",
+        "--run-date=2026-11-21",
+        "--shard-index=0",
+        f"--model={MODEL}",
+        f"--weights={p.weights}",
+        f"--batch-size={batch_size}",
+        f"--score-threshold={p.score_threshold}",
+        f"--device={p.device.type}",
+        f"--precision={precision}",
+        f"--fetch-workers={p.fetch_workers}",
+        f"--decode-workers={p.decode_workers}",
+        f"--summary-path={summary}",
+        *([f"--min-size={p.min_size}"] if p.min_size else []),
+        *([f"--max-size={p.max_size}"] if p.max_size else []),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "inference_image")}
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    process_s = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"the engine failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(summary.read_text())
+    metrics = json.loads((workdir / f"shard-{precision}" / "metrics" / "shard-00000.json").read_text())
+    return {
+        "precision": precision,
+        "ran_as": metrics["precision"],
+        "batch_size": batch_size,
+        "images": result["images"],
+        "process_s": round(process_s, 2),
+        "images_per_s_process": round(result["images"] / process_s, 1),
+        "model_load_s": round(metrics["model_load_s"], 2),
+        "images_per_s_data_path": round(metrics["images_per_s"], 1),
+        "model_busy": round(metrics["model_busy_fraction"], 3),
+        "gpu_utilization": metrics["gpu_utilization"],
+    }
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def machine(p: Plan) -> dict:
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cpus": os.cpu_count(),
+        "load_1min": load_average(),
+    }
+    if p.device.type == "cuda":
+        props = torch.cuda.get_device_properties(p.device)
+        info["gpu"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    return info
+
+
+def markdown(report: dict) -> str:
+    m, s = report["machine"], report["settings"]
+    head = (
+        f"{'SMOKE RUN ON CPU (says the script works, not how fast anything is). ' if s['smoke'] else ''}"
+        f"{m['date']}; {m.get('gpu', 'no GPU')}; {m['cpus']} CPUs; torch {m['torch']} (CUDA {m['cuda']}), "
+        f"torchvision {m['torchvision']}. {MODEL}, weights {s['weights']}, {s['images']} JPEGs "
+        f"({'~100 px' if s['smoke'] else '480-1024 px'}), model size {s['min_size'] or 800}, "
+        f"{s['fetch_workers']} fetch / {s['decode_workers']} decode threads; median of {s['runs']} runs."
+    )
+    grid = markdown_table(
+        [
+            "precision",
+            "batch",
+            "images/s",
+            "model busy",
+            "GPU util %",
+            "peak MiB",
+            "agreement F1 vs fp32",
+            "same images",
+        ],
+        [
+            [
+                r["precision"] + ("" if r["ran_as"] == r["precision"] else f" (ran {r['ran_as']})"),
+                r["batch_size"],
+                r["images_per_s"],
+                f"{r['model_busy']:.0%}",
+                r["gpu_utilization"] if r["gpu_utilization"] is not None else "",
+                r["peak_memory_mib"],
+                _f1(r["agreement_with_fp32"]),
+                f"{r['agreement_with_fp32']['same_images']}/{r['images']}"
+                if r["agreement_with_fp32"]
+                else "",
+            ]
+            for r in report["grid"]
+        ],
+    )
+    d = report["decode"]
+    if "error" in d:
+        decode_section = f"Decode comparison failed: {d['error']}"
+    else:
+        decode_section = (
+            f"Decode ({_gpu_decoder(d)} pixels differ from Pillow's by {d['mean_abs_pixel_diff']} of 255 on "
+            "average):\n\n" + _decode_table(d)
+        )
+    shards = markdown_table(
+        [
+            "precision",
+            "batch",
+            "images",
+            "process s",
+            "images/s (process)",
+            "model load s",
+            "images/s (data path)",
+            "model busy",
+        ],
+        [
+            [
+                r["precision"] + ("" if r["ran_as"] == r["precision"] else f" (ran {r['ran_as']})"),
+                r["batch_size"],
+                r["images"],
+                r["process_s"],
+                r["images_per_s_process"],
+                r["model_load_s"],
+                r["images_per_s_data_path"],
+                f"{r['model_busy']:.0%}",
+            ]
+            for r in report["shards"]
+        ],
+    )
+    v = report["verdict"]
+    judged = "Not judged (smoke run on CPU). " if s["smoke"] else ""
+    verdict = judged + (
+        f"Targets: model busy >= {TARGET_BUSY:.0%}: {v['model_busy']:.0%} at {v['config']} "
+        f"({'met' if v['busy_met'] else 'missed'}); >= {TARGET_IMAGES_PER_S:.0f} images/s end to end at reduced "
+        f"precision (a shard's data path: fetch, decode, inference, rows): {v['images_per_s']} "
+        f"({'met' if v['images_per_s_met'] else 'missed'})."
+    )
+    return "\n\n".join(
+        [
+            head,
+            grid,
+            decode_section,
+            f"One shard end to end (`python -m detection_engine`):\n\n{shards}",
+            verdict,
+        ]
+    )
+
+
+def _decode_table(d: dict) -> str:
+    return markdown_table(
+        ["decode", "images/s"],
+        [
+            [f"engine: Pillow on {d['cpu_decode_threads']} CPU threads", d["cpu_decode_images_per_s"]],
+            [
+                f"{_gpu_decoder(d)}, batches of {d['gpu_decode_detector_batch']}",
+                d["gpu_decode_images_per_s"],
+            ],
+            [
+                f"{_gpu_decoder(d)} + Detector ({d['gpu_decode_detector_precision']}), "
+                f"model busy {d['gpu_decode_detector_model_busy']:.0%}",
+                d["gpu_decode_detector_images_per_s"],
+            ],
+        ],
+    )
+
+
+def _gpu_decoder(d: dict) -> str:
+    where = d["decode_device"]
+    return "nvJPEG (decode_jpeg on cuda)" if where.startswith("cuda") else f"decode_jpeg on {where} (smoke)"
+
+
+def _f1(result: dict | None) -> str:
+    if result is None:
+        return ""
+    if result["f1"] is None:
+        return "n/a (no detections)"
+    return f"{result['f1']:.4f}"
+
+
+def verdict(grid: list[dict], shards: list[dict]) -> dict:
+    """The targets, judged at the fastest reduced-precision configuration."""
+    reduced = [r for r in grid if r["precision"] != "fp32"] or grid
+    best = max(reduced, key=lambda r: r["images_per_s"])
+    data_path = max((s["images_per_s_data_path"] for s in shards), default=best["images_per_s"])
+    return {
+        "config": f"{best['precision']} batch {best['batch_size']}",
+        "model_busy": best["model_busy"],
+        "busy_met": best["model_busy"] >= TARGET_BUSY,
+        "images_per_s": data_path,
+        "images_per_s_met": data_path >= TARGET_IMAGES_PER_S,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument(
+        "--precisions", nargs="+", choices=["fp32", "fp16", "bf16"], default=["fp32", "fp16", "bf16"]
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--weights", default=None, help="DEFAULT | state dict path | none (default: see above)"
+    )
+    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--min-size", type=int, default=None, help="model input size (default: the model's 800)"
+    )
+    parser.add_argument("--max-size", type=int, default=None)
+    parser.add_argument("--fetch-workers", type=int, default=None, help="default: the engine's")
+    parser.add_argument("--decode-workers", type=int, default=None, help="default: the engine's")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="without CUDA, run a tiny smoke version on CPU"
+    )
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    if "fp32" not in args.precisions:
+        args.precisions.insert(0, "fp32")  # the reference for agreement
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        print(
+            "bench_gpu: no CUDA device here; this benchmark measures a GPU. "
+            "Run it on a CUDA machine, or pass --allow-cpu for a tiny smoke run that only shows the script works.",
+            file=sys.stderr,
+        )
+        return 2
+
+    p = plan(args)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    print(f"bench_gpu: {'smoke run on CPU' if p.smoke else p.device}; workdir {workdir}", file=sys.stderr)
+    images = write_images(workdir / "images", p.images, p.shapes, seed=0)
+    uris = [str(path) for path in images.good]
+    loaded = load_model(
+        ModelOptions(
+            MODEL,
+            weights=p.weights,
+            device=p.device.type,
+            min_size=p.min_size,
+            max_size=p.max_size,
+            score_threshold=p.score_threshold,
+            max_detections=50,
+        )
+    )
+
+    grid, _ = throughput_grid(p, loaded, uris)
+    fastest = max((r for r in grid if r["precision"] != "fp32") or grid, key=lambda r: r["images_per_s"])
+    detector = Detector(loaded.model, p.device, fastest["ran_as"], p.score_threshold, 50)
+    try:
+        decode = decode_comparison(p, detector, uris, fastest["batch_size"])
+    except Exception as exc:  # e.g. a torchvision built without nvJPEG: keep the other figures
+        decode = {"error": f"{type(exc).__name__}: {exc}"}
+    shards = [
+        shard_end_to_end(p, uris, workdir, precision, fastest["batch_size"])
+        for precision in p.precisions
+        if precision != "fp32"
+    ]
+    report = {
+        "machine": machine(p),
+        "settings": {
+            "smoke": p.smoke,
+            "images": p.images,
+            "weights": p.weights,
+            "min_size": p.min_size,
+            "max_size": p.max_size,
+            "runs": p.runs,
+            "fetch_workers": p.fetch_workers,
+            "decode_workers": p.decode_workers,
+            "score_threshold": p.score_threshold,
+        },
+        "grid": grid,
+        "decode": decode,
+        "shards": shards,
+        "verdict": verdict(grid, shards),
+    }
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
