@@ -15,7 +15,7 @@ Measured, each with the engine's code (`load_model`, `Detector`, `run_pipeline`,
 Weights: torchvision's COCO weights when they are in the torch hub cache, else `--weights PATH` (a state dict),
 else random weights (speed is the same; agreement then has no detections to compare, and says so).
 
-    .venv/bin/python bench/bench_gpu.py --out gpu.json               # on a CUDA machine; ~5-10 minutes
+    .venv/bin/python bench/bench_gpu.py --out gpu.json               # on a CUDA machine
     .venv/bin/python bench/bench_gpu.py --allow-cpu                  # tiny smoke run on CPU: the script works
 
 Without CUDA the script refuses (exit 2) unless `--allow-cpu`, which runs it tiny (16 images at ~100 px, model

@@ -9,7 +9,7 @@ and of every engine process it starts.
 Checked, or the script exits non-zero: one results row per unique input (rows == distinct URIs == files minus
 copies), one error row per corrupt file, the run record's counts agree.
 
-    .venv/bin/python bench/bench_load.py                          # 10,000 files; ~20-30 minutes on 2 cores
+    .venv/bin/python bench/bench_load.py                          # 10,000 files; ~15 minutes on 2 busy cores
     .venv/bin/python bench/bench_load.py --images 500 --shard-size 100
 
 Issue #7: the run completes with nothing lost and bounded memory; the figure goes in BENCHMARKS.md.
