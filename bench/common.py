@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,8 +167,6 @@ def run_dag(dag, conf: dict, logical_date: datetime) -> dict:
     `dag.test()` runs every task in this process, one at a time (mapped shards too, so their times add up), with
     a minimal scheduling loop between them; the engine runs as a child process per shard.
     """
-    import time
-
     started = time.perf_counter()
     dag_run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=conf)
     wall_s = time.perf_counter() - started
@@ -176,8 +176,6 @@ def run_dag(dag, conf: dict, logical_date: datetime) -> dict:
 
 def read_shard_metrics(run_prefix: str) -> list[dict]:
     """Every metrics/shard-*.json the run's shards wrote (local runs only), by shard index."""
-    import json
-
     folder = Path(run_prefix) / "metrics"
     metrics = [json.loads(p.read_text()) for p in sorted(folder.glob("shard-*.json"))]
     return sorted(metrics, key=lambda m: m["shard_index"])
@@ -274,9 +272,7 @@ def time_breakdown(dag_wall_s: float, timings: list[TaskTiming], metrics: list[d
 def measure_dag_run(conf: dict, logical_date: datetime, warehouse: Path) -> dict:
     """Parse the DAG, run it once with `conf` under memory sampling, and collect everything the benchmarks
     report: wall time and its breakdown, shard metrics, warehouse counts, peak memory. Fails if the run fails.
-    Call `airflow_environment` first, in a fresh process (`run_child`), so imports and caches start cold."""
-    import time
-
+    Call `airflow_environment` first; the benchmarks run this in a fresh process (`run_child`)."""
     from detection_engine import layout
 
     started = time.perf_counter()
@@ -311,8 +307,6 @@ def measure_dag_run(conf: dict, logical_date: datetime, warehouse: Path) -> dict
 
 def run_child(script: Path, payload: dict, result_path: Path) -> dict:
     """Run `script --child PAYLOAD_JSON RESULT_PATH` in a fresh interpreter and return the JSON it wrote."""
-    import json
-
     result_path.unlink(missing_ok=True)
     done = subprocess.run(
         [sys.executable, str(script), "--child", json.dumps(payload), str(result_path)],
