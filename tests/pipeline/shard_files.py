@@ -168,3 +168,32 @@ def write_run(
         m = shard_metrics(run_id, index, images=size, failed=failed, run_date=run_date, start_offset_s=index)
         metrics.append(write_metrics(layout.shard_metrics_uri(prefix, index), m))
     return results, metrics
+
+
+def run_record(**overrides) -> dict:
+    """A complete runs-table record (schema.RUNS keys) of a small two-shard run; overrides replace fields."""
+    record = {f.name: None for f in schema.RUNS}
+    record.update(
+        run_id="manual__2026-11-21T10:00:00+00:00",
+        run_date="2026-11-21",
+        logical_date="2026-11-21T10:00:00+00:00",
+        run_type="manual",
+        config_json="{}",
+        input_uri="gs://in",
+        output_uri="gs://out",
+        listed=10,
+        duplicates=1,
+        skipped_not_image=0,
+        skipped_incremental=0,
+        processed=9,
+        ok=8,
+        failed=1,
+        shards=2,
+        wall_s=12.5,
+        model_name="fasterrcnn_resnet50_fpn",
+        weights_id="COCO_V1",
+        random_weights=False,
+        recorded_at="2026-11-21T11:00:00+00:00",
+    )
+    record.update(overrides)
+    return record

@@ -24,7 +24,7 @@ from google.cloud import bigquery
 from detection_engine import layout, schema
 from detection_pipeline.warehouse import WarehouseError, open_warehouse
 from detection_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, gcs_generations
-from tests.pipeline.shard_files import write_run
+from tests.pipeline.shard_files import run_record, write_run
 
 PROJECT, DATASET = "test-project", "detections"
 RUN_ID = "manual__2026-11-21T10:00:00+00:00"
@@ -501,31 +501,9 @@ def test_missing_shard_files_are_named_and_nothing_is_loaded(gcs_bucket, hook):
 
 
 def _record(**overrides) -> dict:
-    record = {f.name: None for f in schema.RUNS}
-    record.update(
-        run_id=RUN_ID,
-        run_date="2026-11-21",
-        logical_date="2026-11-21T10:00:00+00:00",
-        run_type="manual",
-        config_json="{}",
-        input_uri="gs://in",
-        output_uri="gs://out",
-        listed=10,
-        duplicates=1,
-        skipped_not_image=0,
-        skipped_incremental=0,
-        processed=9,
-        ok=8,
-        failed=1,
-        shards=2,
-        wall_s=12.5,
-        model_name="fasterrcnn_resnet50_fpn",
-        weights_id="COCO_V1",
-        random_weights=False,
-        recorded_at=datetime(2026, 11, 21, 11, 0, tzinfo=UTC),
+    return run_record(
+        **{"run_id": RUN_ID, "recorded_at": datetime(2026, 11, 21, 11, 0, tzinfo=UTC), **overrides}
     )
-    record.update(overrides)
-    return record
 
 
 def test_run_record_is_one_parameterised_merge_replacing_the_runs_row(warehouse, hook):

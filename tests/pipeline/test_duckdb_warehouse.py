@@ -16,7 +16,14 @@ import pytest
 from detection_engine import layout, schema
 from detection_pipeline.warehouse import LoadStats, WarehouseError, open_warehouse
 from detection_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
-from tests.pipeline.shard_files import results_rows, shard_metrics, write_metrics, write_results, write_run
+from tests.pipeline.shard_files import (
+    results_rows,
+    run_record,
+    shard_metrics,
+    write_metrics,
+    write_results,
+    write_run,
+)
 
 RUN = "manual__2026-11-21T10:00:00+00:00"
 OTHER = "scheduled__2026-11-21T00:00:00+00:00"
@@ -258,31 +265,9 @@ def test_loads_read_shard_files_on_gcs(warehouse, gcs_bucket):
 
 
 def _record(**overrides) -> dict:
-    record = {f.name: None for f in schema.RUNS}
-    record.update(
-        run_id=RUN,
-        run_date="2026-11-21",
-        logical_date="2026-11-21T10:00:00+00:00",
-        run_type="manual",
-        config_json="{}",
-        input_uri="gs://in",
-        output_uri="gs://out",
-        listed=10,
-        duplicates=1,
-        skipped_not_image=0,
-        skipped_incremental=0,
-        processed=9,
-        ok=8,
-        failed=1,
-        shards=2,
-        wall_s=12,
-        model_name=MODEL,
-        weights_id=WEIGHTS,
-        random_weights=False,
-        recorded_at="2026-11-21T11:00:00+00:00",
+    return run_record(
+        **{"run_id": RUN, "wall_s": 12, "model_name": MODEL, "weights_id": WEIGHTS, **overrides}
     )
-    record.update(overrides)
-    return record
 
 
 def test_the_run_record_is_replaced_not_appended(warehouse):
