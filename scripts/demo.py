@@ -89,22 +89,16 @@ def _load_dag():
 
 
 def _summary(run_id: str) -> None:
-    import duckdb
+    from collections import Counter
 
-    with duckdb.connect(str(WAREHOUSE), read_only=True) as con:
-        record = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchone()
-        columns = [d[0] for d in con.description]
-        errors = con.execute(
-            "SELECT split_part(error, ':', 1) AS reason, count(*) FROM results "
-            "WHERE run_id = ? AND status = 'error' GROUP BY 1 ORDER BY 2 DESC",
-            [run_id],
-        ).fetchall()
-        labels = con.execute(
-            "SELECT d.label, count(*) FROM (SELECT unnest(detections) AS d FROM results WHERE run_id = ?) "
-            "GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
-            [run_id],
-        ).fetchall()
-    row = dict(zip(columns, record, strict=True))
+    from detection_pipeline.warehouse import open_warehouse
+
+    warehouse = open_warehouse(f"duckdb:///{WAREHOUSE}")
+    row = warehouse.run_record(run_id)
+    errors = Counter()
+    for error in warehouse.top_errors(run_id, limit=1_000_000).to_pylist():
+        errors[error["error"].split(":", 1)[0]] += error["images"]
+    labels = [(c["label"], c["detections"]) for c in warehouse.detections_per_class(run_id).to_pylist()[:5]]
     lines = [
         ("run", row["run_id"]),
         (
@@ -115,7 +109,7 @@ def _summary(run_id: str) -> None:
         ("duplicates dropped", row["duplicates"]),
         ("processed", row["processed"]),
         ("ok / failed", f"{row['ok']} / {row['failed']}"),
-        ("failure reasons", ", ".join(f"{reason} x{n}" for reason, n in errors) or "none"),
+        ("failure reasons", ", ".join(f"{reason} x{n}" for reason, n in errors.most_common()) or "none"),
         ("top labels", ", ".join(f"{label} x{n}" for label, n in labels) or "none"),
         ("throughput", f"{row['images_per_s'] or 0:.2f} images/s"),
         (
