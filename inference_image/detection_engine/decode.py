@@ -43,6 +43,8 @@ import re
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from detection_engine.redaction import redact_text
+
 REASON_CODES = (
     "not_found",
     "permission_denied",
@@ -86,22 +88,12 @@ class ImageError(Exception):
 
 # -- redaction -----------------------------------------------------------------------------------
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
-_URL_QUERY = re.compile(r"(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s?#]*)[?#]\S*")
-_SECRET_PARAM = re.compile(
-    r"(?i)\b(?P<key>access_token|token|key|sig|signature|password|secret|credential)s?=[^&\s]+"
-)
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
 _SPACE = re.compile(r"\s+")
 
 
 def redact(text: str) -> str:
-    """One short line with no credentials: signed URLs carry tokens in their query, URLs may carry user:pass@."""
-    text = _URL_USERINFO.sub(r"\g<scheme>", text)
-    text = _URL_QUERY.sub(r"\g<url>", text)
-    text = _SECRET_PARAM.sub(r"\g<key>=<redacted>", text)
-    text = _BEARER.sub(r"\1 <redacted>", text)
-    text = _SPACE.sub(" ", text).strip()
+    """One short line with no credentials (`redaction.redact_text`), for an error row's detail."""
+    text = _SPACE.sub(" ", redact_text(text)).strip()
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
 

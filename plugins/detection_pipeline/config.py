@@ -25,6 +25,7 @@ from jsonschema import Draft202012Validator
 
 from detection_engine.catalog import DEFAULT_MODEL, MODELS, PRECISIONS, RANDOM_WEIGHTS
 from detection_pipeline import uris
+from detection_pipeline.errors import ConfigError
 from detection_pipeline.settings import Settings, load_settings
 
 DEDUP_MODES = ("uri", "content")
@@ -36,10 +37,6 @@ WEIGHTS_ENUM_MEMBER = r"^[A-Z][A-Z0-9_]*$"
 _NO_CONTROL = r"[^\u0000-\u001f\u007f]*"
 _STATE_DICT = r"\.(?:" + "|".join(uris.STATE_DICT_EXTENSIONS) + ")"
 _LOCAL_OR_GCS = r"(?:/|file:///|file://localhost/|gs://)"
-
-
-class ConfigError(ValueError):
-    """A run configuration that must not start a single pod; the message starts with the field's name."""
 
 
 def _field(description: str, schema: dict, default: Any = dataclasses.MISSING, hint: str | None = None):

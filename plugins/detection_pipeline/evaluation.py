@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from detection_engine import layout, schema
+from detection_pipeline.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ COCO_MAX_DETECTIONS = 100  # COCOeval's largest maxDets: AR@100 needs up to 100 
 _RESULT_COLUMNS = ("image_uri", "status", "detections")
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(PermanentError, ValueError):
     """The annotation file cannot be read or is not COCO detection ground truth."""
 
 

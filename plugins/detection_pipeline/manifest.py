@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 from detection_engine import layout, schema
 from detection_pipeline import sharding, storage, uri_columns, uris
 from detection_pipeline.config import RunConfig
+from detection_pipeline.errors import ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ BATCH_ROWS = 1 << 20
 _EXAMPLES = 5
 
 ProcessedURIs = pa.Array | pa.ChunkedArray | Collection[str]
-
-
-class ManifestError(RuntimeError):
-    """The input cannot be turned into a manifest (missing, unreadable, wrong shape, unusable URIs)."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from detection_engine import layout, schema
 from detection_pipeline import storage
 from detection_pipeline.config import RunConfig
+from detection_pipeline.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ _SHARD_SCHEMA = schema.arrow_schema(schema.SHARD_MANIFEST)
 _SHARD_FILE = re.compile(r"shard-(\d+)\.parquet$")
 
 
-class ShardingError(RuntimeError):
+class ShardingError(PermanentError, RuntimeError):
     """A manifest whose shard_index column cannot be the output of `shard_indices`."""
 
 

@@ -3,6 +3,9 @@
 Tasks returning a dict say `multiple_outputs=False`: Airflow 3 would otherwise store every key as its own XCom
 (about 100 per run where 11 are read), which costs about a second per run.
 
+Every task runs `at_the_boundary` (errors.py): a deterministic failure fails the run at once, others are
+retried, and no exception text reaches the log unredacted.
+
 Each task takes and returns small JSON-able dicts (XCom), never images or detections. `run` is the run's
 identity and validated config, built once by `validate_config` and handed to every later task, so no task
 re-reads Params or recomputes the run prefix.
@@ -20,6 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from detection_engine import catalog, layout
 from detection_pipeline.config import ConfigError, RunConfig
+from detection_pipeline.errors import at_the_boundary
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ def _warehouse(run: dict):
 # Its return value holds the conf as given, credentials of an http input URI included (the run needs them):
 # Airflow's "Returned value was" log line must not print it.
 @task(show_return_value_in_logs=False, multiple_outputs=False)
+@at_the_boundary
 def validate_config() -> dict:
     """Fail the run before any pod starts when the conf is wrong; otherwise fix the run's identity."""
     context = get_current_context()
@@ -60,6 +65,7 @@ def validate_config() -> dict:
 
 
 @task(multiple_outputs=False)
+@at_the_boundary
 def build_manifest(run: dict) -> dict:
     """List, normalise and deduplicate the inputs; write the run's manifest."""
     from detection_pipeline import manifest
@@ -80,6 +86,7 @@ def build_manifest(run: dict) -> dict:
 
 
 @task
+@at_the_boundary
 def plan_shards(run: dict, manifest_stats: dict) -> list[dict]:
     """Split the manifest into shards (one detect pod each) and write each shard's list of URIs."""
     from detection_pipeline import sharding
@@ -88,6 +95,7 @@ def plan_shards(run: dict, manifest_stats: dict) -> list[dict]:
 
 
 @task
+@at_the_boundary
 def launch_kwargs(run: dict, specs: list[dict]) -> list[dict]:
     """The detect task's arguments for each shard: the same for a GPU pod and for a local process."""
     from detection_pipeline.launch import detect_shard_kwargs
@@ -101,6 +109,7 @@ def launch_kwargs(run: dict, specs: list[dict]) -> list[dict]:
 
 
 @task(trigger_rule="none_failed", multiple_outputs=False)
+@at_the_boundary
 def load_results(run: dict, specs: list[dict]) -> dict:
     """Load every planned shard's files into the warehouse, replacing the run's rows (idempotent)."""
     warehouse = _warehouse(run)
@@ -117,6 +126,7 @@ def load_results(run: dict, specs: list[dict]) -> dict:
 
 
 @task(multiple_outputs=False)
+@at_the_boundary
 def evaluate(run: dict, specs: list[dict]) -> dict:
     """COCO box mAP of the run against its ground truth (the run record's accuracy columns); null without one."""
     from detection_pipeline import evaluation
@@ -136,6 +146,7 @@ def evaluate(run: dict, specs: list[dict]) -> dict:
 
 
 @task(multiple_outputs=False)
+@at_the_boundary
 def aggregate(run: dict, manifest_stats: dict, specs: list[dict], accuracy: dict) -> dict:
     """Build the run record (counts, throughput, latency, cost, versions) and write it, replacing any earlier one."""
     from detection_pipeline.aggregate import build_run_record, read_shard_metrics
@@ -158,6 +169,7 @@ def aggregate(run: dict, manifest_stats: dict, specs: list[dict], accuracy: dict
 
 
 @task
+@at_the_boundary
 def verify(run: dict, manifest_stats: dict, specs: list[dict]) -> None:
     """Check the exactly-once invariants against the warehouse; fail the run loudly if one breaks."""
     from detection_pipeline.verify import check_run
@@ -168,6 +180,7 @@ def verify(run: dict, manifest_stats: dict, specs: list[dict]) -> None:
 
 
 @task(multiple_outputs=False)
+@at_the_boundary
 def report(run: dict, record: dict) -> dict:
     """Write the run's HTML report, and refresh the cross-run dashboard beside the runs."""
     from detection_pipeline.report import build_dashboard, build_run_report

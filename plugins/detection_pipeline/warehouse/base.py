@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 
 from detection_engine import schema
+from detection_pipeline.errors import PermanentError
 
 # The keys of `run_counts`, which `verify` reads.
 RUN_COUNT_KEYS = (
@@ -46,6 +47,10 @@ LOCATION = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,39}$")
 
 class WarehouseError(RuntimeError):
     """A load or query that did not do what the run needs (the message says which run and files)."""
+
+
+class SchemaDivergedError(WarehouseError, PermanentError):
+    """A table whose columns differ from schema.py's beyond what may be migrated by itself: no retry helps."""
 
 
 @dataclass(frozen=True)
@@ -215,14 +220,14 @@ def columns_to_add(
     """
     names = schema.column_names(fields)
     if existing != names[: len(existing)]:
-        raise WarehouseError(
+        raise SchemaDivergedError(
             f"table {table!r} has columns {existing}, which are not a prefix of schema.py's {names}: "
             "its schema changed in a way this pipeline will not migrate by itself"
         )
     added = fields[len(existing) :]
     not_nullable = [f.name for f in added if f.mode != "NULLABLE"]
     if not_nullable:
-        raise WarehouseError(
+        raise SchemaDivergedError(
             f"table {table!r} lacks columns {not_nullable} that are not NULLABLE; add them by hand, with a "
             "value for the existing rows"
         )
