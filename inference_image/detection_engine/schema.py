@@ -161,6 +161,13 @@ RUNS: tuple[Field, ...] = (
     _f("coco_ar1", "FLOAT64", "NULLABLE", "Recall with 1 detection per image"),
     _f("coco_ar10", "FLOAT64", "NULLABLE", "Recall with 10 detections per image"),
     _f("coco_ar100", "FLOAT64", "NULLABLE", "Recall with 100 detections per image"),
+    # Appended (additive, like the accuracy columns): what work the run did, so runs compare like with like.
+    _f(
+        "workload_id",
+        "STRING",
+        "NULLABLE",
+        "sha256 of the unique inputs, the settings that change the work and the hardware; no versions",
+    ),
 )
 
 # The run's manifest ({run}/manifest.parquet, sorted by image_uri) and each shard's ({run}/shards/*.parquet,

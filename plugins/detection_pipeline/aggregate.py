@@ -32,6 +32,7 @@ from detection_pipeline import uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.pricing import estimate_cost
 from detection_pipeline.versions import pipeline_versions
+from detection_pipeline.workload import run_workload_id
 from detection_pipeline.warehouse.base import jsonable, normalise_record, to_timestamp
 
 MANIFEST_KEYS = ("listed", "duplicates", "skipped_not_image", "skipped_incremental")
@@ -179,6 +180,8 @@ def build_run_record(
         "batch_size": config.batch_size,
         "recorded_at": recorded_at or datetime.now(UTC),
     }
+    manifest_uri = manifest_stats.get("manifest_uri")  # the DAG's stats always name it
+    record["workload_id"] = run_workload_id(config, manifest_uri, record) if manifest_uri else None
     elsewhere = [f.name for f in schema.RUNS if f.name not in record]
     unknown = sorted(set(accuracy or {}) - set(elsewhere))
     if unknown:
