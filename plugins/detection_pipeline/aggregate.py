@@ -32,8 +32,8 @@ from detection_pipeline import uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.pricing import estimate_cost
 from detection_pipeline.versions import pipeline_versions
-from detection_pipeline.workload import run_workload_id
 from detection_pipeline.warehouse.base import jsonable, normalise_record, to_timestamp
+from detection_pipeline.workload import run_workload_id
 
 MANIFEST_KEYS = ("listed", "duplicates", "skipped_not_image", "skipped_incremental")
 
