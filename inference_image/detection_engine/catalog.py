@@ -21,21 +21,53 @@ class ModelSpec:
     weights_members: tuple[str, ...] = ("COCO_V1",)  # members of the enum; DEFAULT aliases the first
 
 
-def weights_id(model: str, weights: str) -> str:
+class WeightsError(ValueError):
+    """A weights name that is no member of the model's enum."""
+
+
+def is_weights_file(weights: str) -> bool:
+    """A state dict file (a path or URI) rather than an enum member or random weights."""
+    return "/" in weights
+
+
+def canonical_weights(model: str, weights: str) -> str:
+    """The one spelling of a weights choice, for the engine and the pipeline alike.
+
+    Random weights in any case ("none", "None", "NONE") become `none`; an enum member in any case becomes
+    its member name (`default` -> `DEFAULT`, `coco_v1` -> `COCO_V1`), checked against the model's enum, so
+    a name that is no member fails before any shard starts; a state dict file is returned as given.
+    """
+    if is_weights_file(weights):
+        return weights
+    if weights.lower() == RANDOM_WEIGHTS:
+        return RANDOM_WEIGHTS
+    spec = MODELS[model]
+    member = weights.upper()
+    if member != "DEFAULT" and member not in spec.weights_members:
+        raise WeightsError(
+            f"{weights!r} is not a weights member of {model} ({spec.weights_enum}: "
+            f"{', '.join(('DEFAULT', *spec.weights_members))}); or give a state dict file, or '{RANDOM_WEIGHTS}'"
+        )
+    return member
+
+
+def weights_id(model: str, weights: str, sha256: str | None = None) -> str:
     """The id results and run records carry for these weights, as the engine records it.
 
     An enum member (or DEFAULT) becomes `EnumClass.MEMBER`, so `DEFAULT` and `COCO_V1` are one model version;
-    a state dict keeps its URI; `none` stays `none`. Lets the Airflow side find earlier results of the same
-    model version (incremental runs) without importing torch.
+    `none` stays `none`; a state dict is its URI plus its content (`uri@sha256:HEX`), so a file replaced at
+    the same path is another model version and an incremental run processes its images again. Lets the
+    Airflow side find earlier results of the same model version without importing torch.
     """
     spec = MODELS[model]
+    weights = canonical_weights(model, weights)
     if weights == RANDOM_WEIGHTS:
         return RANDOM_WEIGHTS
     if weights == "DEFAULT":
         return f"{spec.weights_enum}.{spec.weights_members[0]}"
-    if weights in spec.weights_members:
+    if not is_weights_file(weights):
         return f"{spec.weights_enum}.{weights}"
-    return weights
+    return f"{weights}@sha256:{sha256.lower()}" if sha256 else weights
 
 
 MODELS: dict[str, ModelSpec] = {

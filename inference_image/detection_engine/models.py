@@ -26,7 +26,17 @@ from torch import nn
 from torchvision.models import get_model_builder, get_model_weights
 from torchvision.models._meta import _COCO_CATEGORIES
 
-from detection_engine.catalog import MODELS, PRECISIONS, RANDOM_WEIGHTS, ModelSpec
+from detection_engine.catalog import (
+    MODELS,
+    PRECISIONS,
+    RANDOM_WEIGHTS,
+    ModelSpec,
+    WeightsError,
+    canonical_weights,
+)
+from detection_engine.catalog import (
+    weights_id as catalog_weights_id,
+)
 from detection_engine.fetch import filesystem_for
 
 log = logging.getLogger(__name__)
@@ -130,15 +140,19 @@ def load_model(options: ModelOptions) -> LoadedModel:
     precision = effective_precision(options.precision, device)
     kwargs = _builder_kwargs(spec, options)
     builder = get_model_builder(spec.name)
+    try:
+        weights = canonical_weights(spec.name, options.weights)  # the pipeline's spelling, too
+    except WeightsError as exc:
+        raise ModelLoadError(str(exc)) from None
 
-    if options.weights.lower() == RANDOM_WEIGHTS:
+    if weights == RANDOM_WEIGHTS:
         torch.manual_seed(options.seed)
         model = builder(weights=None, weights_backbone=None, num_classes=_COCO_NUM_CLASSES, **kwargs)
         weights_id, sha256, random_weights = RANDOM_WEIGHTS, None, True
         categories = list(_COCO_CATEGORIES)
-    elif (member := weights_enum_member(spec.name, options.weights)) is not None:
+    elif (member := weights_enum_member(spec.name, weights)) is not None:
         model = _build_pretrained(builder, spec, member, kwargs)
-        weights_id, random_weights = f"{type(member).__name__}.{member.name}", False
+        weights_id, random_weights = catalog_weights_id(spec.name, member.name), False
         sha256 = _cached_file_sha256(member.url)
         categories = list(member.meta.get("categories") or _COCO_CATEGORIES)
     else:
@@ -150,7 +164,7 @@ def load_model(options: ModelOptions) -> LoadedModel:
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ModelLoadError(f"state dict {options.weights} does not fit {spec.name}: {first}") from None
-        weights_id, random_weights = options.weights, False
+        weights_id, random_weights = catalog_weights_id(spec.name, weights, sha256), False
         categories = list(_COCO_CATEGORIES) if num_classes == _COCO_NUM_CLASSES else []
 
     model.eval().to(device)

@@ -23,16 +23,24 @@ from typing import Any
 from airflow.sdk import Param
 from jsonschema import Draft202012Validator
 
-from detection_engine.catalog import DEFAULT_MODEL, MODELS, PRECISIONS, RANDOM_WEIGHTS
+from detection_engine.catalog import (
+    DEFAULT_MODEL,
+    MODELS,
+    PRECISIONS,
+    RANDOM_WEIGHTS,
+    WeightsError,
+    canonical_weights,
+    is_weights_file,
+)
 from detection_pipeline import uris
 from detection_pipeline.errors import ConfigError
 from detection_pipeline.settings import Settings, load_settings
 
 DEDUP_MODES = ("uri", "content")
 SIZE_RANGE = (16, 4096)  # min_size / max_size, pixels
-# A torchvision weights enum member name (DEFAULT, COCO_V1, IMAGENET1K_V1, COCO_LEGACY); the enum itself is
-# checked by the engine, which imports torchvision.
-WEIGHTS_ENUM_MEMBER = r"^[A-Z][A-Z0-9_]*$"
+# A torchvision weights enum member name in any case (DEFAULT, coco_v1) or 'none' in any case; which names the
+# model's enum has is checked by catalog.canonical_weights, which also gives the one spelling.
+WEIGHTS_ENUM_MEMBER = r"^[A-Za-z][A-Za-z0-9_]*$"
 
 _NO_CONTROL = r"[^\u0000-\u001f\u007f]*"
 _STATE_DICT = r"\.(?:" + "|".join(uris.STATE_DICT_EXTENSIONS) + ")"
@@ -83,7 +91,7 @@ class RunConfig:
         {
             "type": "string",
             "maxLength": 4096,
-            "pattern": rf"^(?:{RANDOM_WEIGHTS}|[A-Z][A-Z0-9_]*|{_LOCAL_OR_GCS}{_NO_CONTROL}{_STATE_DICT})$",
+            "pattern": rf"^(?:[A-Za-z][A-Za-z0-9_]*|{_LOCAL_OR_GCS}{_NO_CONTROL}{_STATE_DICT})$",
         },
         default="DEFAULT",
         hint=f"a weights enum member like DEFAULT or COCO_V1, a state dict path or gs:// URI, or '{RANDOM_WEIGHTS}'",
@@ -191,7 +199,11 @@ class RunConfig:
             for name in ("min_size", "max_size"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"{name}: {self.model} has a fixed input size; leave {name} unset")
-        if self.weights_sha256 is not None and not _is_weights_file(self.weights):
+        try:
+            object.__setattr__(self, "weights", canonical_weights(self.model, self.weights))
+        except WeightsError as err:
+            raise ConfigError(f"weights: {err}") from None
+        if self.weights_sha256 is not None and not is_weights_file(self.weights):
             raise ConfigError(
                 f"weights_sha256: only a state dict file can be checked, but weights is {self.weights!r}"
             )
@@ -368,7 +380,3 @@ def _is_manifest_file(uri: str) -> bool:
 
 def _is_prefix(input_uri: str) -> bool:
     return not _is_manifest_file(input_uri)
-
-
-def _is_weights_file(weights: str) -> bool:
-    return weights != RANDOM_WEIGHTS and "/" in weights

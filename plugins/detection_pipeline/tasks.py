@@ -78,7 +78,7 @@ def build_manifest(run: dict) -> dict:
         already_processed = partial(
             warehouse.processed_uris,
             config.model,
-            catalog.weights_id(config.model, config.weights),
+            catalog.weights_id(config.model, config.weights, config.weights_sha256),
             exclude_run_id=run["run_id"],  # a re-run must not skip what its own earlier attempt did
         )
     stats = manifest.build_manifest(config, run["run_prefix"], already_processed=already_processed)

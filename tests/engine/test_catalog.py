@@ -27,3 +27,24 @@ def test_weights_id_names_one_model_version_once():
     )
     assert catalog.weights_id("ssd300_vgg16", "none") == "none"
     assert catalog.weights_id("ssd300_vgg16", "gs://b/w.pth") == "gs://b/w.pth"
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", "NONE", "nOnE"])
+def test_random_weights_have_one_spelling(spelling):
+    assert catalog.canonical_weights("ssd300_vgg16", spelling) == "none"
+    assert catalog.weights_id("ssd300_vgg16", spelling) == "none"
+
+
+def test_enum_members_are_case_normalised_and_checked_against_the_models_enum():
+    assert catalog.canonical_weights("fcos_resnet50_fpn", "default") == "DEFAULT"
+    assert catalog.weights_id("fcos_resnet50_fpn", "coco_v1") == "FCOS_ResNet50_FPN_Weights.COCO_V1"
+    with pytest.raises(
+        catalog.WeightsError, match=r"'IMAGENET1K_V1' is not a weights member of fcos_resnet50_fpn"
+    ):
+        catalog.canonical_weights("fcos_resnet50_fpn", "IMAGENET1K_V1")
+
+
+def test_a_state_dict_is_keyed_on_its_content():
+    first = catalog.weights_id("ssd300_vgg16", "/w/model.pth", "AB" * 32)
+    second = catalog.weights_id("ssd300_vgg16", "/w/model.pth", "cd" * 32)
+    assert first == "/w/model.pth@sha256:" + "ab" * 32 and first != second

@@ -135,7 +135,7 @@ def test_state_dict_weights_are_recorded_and_a_wrong_sha256_exits_3(
 
     assert cli.main([*args, f"--weights-sha256={sha256}"]) == 0
     metrics = json.loads(Path(layout.shard_metrics_uri(str(tmp_path / "out" / "run-1"), 2)).read_text())
-    assert metrics["weights_sha256"] == sha256 and metrics["weights_id"] == str(weights)
+    assert metrics["weights_sha256"] == sha256 and metrics["weights_id"] == f"{weights}@sha256:{sha256}"
     assert metrics["random_weights"] is False
 
     wrong = run_engine(*args, f"--weights-sha256={'ab' * 32}")

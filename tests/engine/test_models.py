@@ -100,7 +100,7 @@ def test_state_dict_file_loads_and_records_its_sha256(tmp_path, tiny_options):
         loaded = load_model(tiny_options(weights=weights, weights_sha256=sha256))
         assert _same_weights(loaded.model, source)
         assert loaded.weights_sha256 == sha256
-        assert loaded.weights_id == weights
+        assert loaded.weights_id == f"{weights}@sha256:{sha256}"  # keyed on content, not the path
         assert not loaded.random_weights
         assert loaded.categories == list(_COCO_CATEGORIES)
 
@@ -157,9 +157,9 @@ def test_file_that_is_no_state_dict_is_refused(tmp_path, tiny_options):
 
 
 def test_unknown_weights_name_lists_the_valid_ones(tiny_options):
-    with pytest.raises(ModelLoadError, match="COCO_V1, DEFAULT") as err:
+    with pytest.raises(ModelLoadError, match="DEFAULT, COCO_V1") as err:
         load_model(tiny_options(weights="COCO_V9"))
-    assert "--weights none" in str(err.value)
+    assert "'none'" in str(err.value)  # catalog.canonical_weights' message, the same as validate_config's
 
 
 def test_pretrained_weights_load_from_the_torch_hub_cache(tmp_path, tiny_options, monkeypatch):
@@ -214,7 +214,7 @@ def test_state_dict_from_gcs(gcs_bucket, gcs_emulator, tmp_path, tiny_options):
     loaded = load_model(tiny_options(weights=uri, weights_sha256=sha256))
 
     assert _same_weights(loaded.model, source)
-    assert loaded.weights_sha256 == sha256 and loaded.weights_id == uri
+    assert loaded.weights_sha256 == sha256 and loaded.weights_id == f"{uri}@sha256:{sha256}"
 
 
 def test_missing_gcs_state_dict_is_a_load_error(gcs_bucket, tiny_options):

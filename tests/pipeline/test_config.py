@@ -133,12 +133,20 @@ def test_placeholders_use_the_utc_date_of_the_logical_date():
     assert config.input_uri == "gs://images/2026-11-21"
 
 
-@pytest.mark.parametrize(
-    "weights", ["DEFAULT", "COCO_V1", "IMAGENET1K_V1", "none", "/models/a b.pt", "gs://models/x.bin"]
-)
+@pytest.mark.parametrize("weights", ["DEFAULT", "COCO_V1", "none", "/models/a b.pt", "gs://models/x.bin"])
 def test_accepted_weights(weights):
     assert RunConfig.from_params(_params(weights=weights), NOV_21).weights == weights
     assert not _schema_rejects("weights", weights)
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [("NONE", "none"), ("None", "none"), ("default", "DEFAULT"), ("coco_v1", "COCO_V1")],
+)
+def test_weights_names_have_one_spelling(given, canonical):
+    """The spelling the engine uses too (catalog.canonical_weights), so both record one weights id."""
+    assert RunConfig.from_params(_params(weights=given), NOV_21).weights == canonical
+    assert not _schema_rejects("weights", given)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +212,8 @@ REJECTED = [
     ("warehouse", "bigquery://p/detection", "expected bigquery://", True),
     ("warehouse", "duckdb:///data/../w.duckdb", "'..' segment", False),
     ("model", "yolov8", "must be one of", True),
-    ("weights", "default", "neither a weights enum member", True),
+    ("weights", "IMAGENET1K_V1", "not a weights member of fasterrcnn_resnet50_fpn", False),
+    ("weights", "COCO-V1", "neither a weights enum member", True),
     ("weights", "models/detector.pth", "relative path", True),
     ("weights", "/models/detector.onnx", "neither a weights enum member", True),
     ("weights", "http://example.com/model.pth", "http(s) is allowed only for input_uri", True),
