@@ -168,6 +168,9 @@ RUNS: tuple[Field, ...] = (
         "NULLABLE",
         "sha256 of the unique inputs, the settings that change the work and the hardware; no versions",
     ),
+    # Appended: listed names that could not be used as they are (control characters, not UTF-8, ...).
+    _f("rejected", "INT64", "NULLABLE", "Listed names left out because they cannot be used as they are"),
+    _f("rejected_examples", "STRING", "NULLABLE", "JSON list of a few of them, as Python reprs"),
 )
 
 # The run's manifest ({run}/manifest.parquet, sorted by image_uri) and each shard's ({run}/shards/*.parquet,

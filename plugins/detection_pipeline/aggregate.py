@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import fsspec
 
 from detection_engine import layout, schema
-from detection_engine.catalog import RANDOM_WEIGHTS
+from detection_engine.catalog import RANDOM_WEIGHTS, weights_id
 from detection_pipeline import uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.pricing import estimate_cost
@@ -171,7 +171,8 @@ def build_run_record(
         "container_image": _one(metrics, "container_image"),  # none for the embedded default's local process
         "device_name": _one(metrics, "device_name"),
         "model_name": _one(metrics, "model_name") or config.model,
-        "weights_id": _one(metrics, "weights_id") or config.weights,
+        "weights_id": _one(metrics, "weights_id")
+        or weights_id(config.model, config.weights, config.weights_sha256),
         "weights_sha256": _one(metrics, "weights_sha256") or config.weights_sha256,
         "random_weights": any(m["random_weights"] for m in metrics)
         if metrics
@@ -182,6 +183,9 @@ def build_run_record(
     }
     manifest_uri = manifest_stats.get("manifest_uri")  # the DAG's stats always name it
     record["workload_id"] = run_workload_id(config, manifest_uri, record) if manifest_uri else None
+    record["rejected"] = manifest_stats.get("rejected", 0)  # listed names that cannot be used as they are
+    examples = manifest_stats.get("rejected_examples") or []
+    record["rejected_examples"] = json.dumps(list(examples)) if examples else None
     elsewhere = [f.name for f in schema.RUNS if f.name not in record]
     unknown = sorted(set(accuracy or {}) - set(elsewhere))
     if unknown:

@@ -13,7 +13,12 @@ Sources (input_uri):
   counted as `skipped_not_image`; names without an extension (`gs://b/raw-0001`, `https://cdn/img?id=3`) are
   kept, and one that does not decode becomes an error row for that image, never a silent drop.
   An entry that is not a usable URI (relative path, other scheme, '..', control character) fails the build,
-  naming the first few, rather than being dropped.
+  naming the first few, rather than being dropped: the file is the user's, and fixing it is theirs.
+
+A listed name is the object's own, so it is used exactly as the store returned it, never trimmed or
+rewritten (the normalisation below is for lines of a manifest file). One that cannot be used as it is (a
+control character, bytes that are not UTF-8 in a local folder, a '..' segment or '//' in a gs:// key) is
+counted as `rejected`, with a few examples, and the listing goes on: one odd name never fails a folder.
 
 URIs are normalised by `uris.normalize`'s rules, so one image has one spelling everywhere. Order is by URI
 (code point order), so a re-run over the same input writes the same manifest and the same shards. With
@@ -36,7 +41,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -70,6 +75,8 @@ class ManifestStats:
     skipped_incremental: int  # unique images this model and weights already processed in earlier runs
     unique: int  # images in the manifest: listed - duplicates - skipped_incremental
     manifest_uri: str
+    rejected: int = 0  # listed names that cannot be used as they are (control characters, not UTF-8, ...)
+    rejected_examples: tuple[str, ...] = ()  # a few of them, as Python reprs (escapes, never raw bytes)
 
 
 def build_manifest(
@@ -89,8 +96,9 @@ def build_manifest(
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="detection-manifest-")))
         con = _connect(scratch)
         stack.callback(con.close)
-        batches, listing = _source(config.input_uri, stack)
-        listed, not_image = _load(con, batches, listing)
+        rejected = _Rejected()
+        batches, listing = _source(config.input_uri, stack, rejected)
+        listed, not_image = _load(con, batches, listing, rejected)
         incremental = _drop_processed(con, already_processed()) if config.incremental else 0
         sorted_uris = scratch / "sorted.parquet"
         distinct = _sort_unique(con, sorted_uris)
@@ -103,19 +111,33 @@ def build_manifest(
         skipped_incremental=incremental,
         unique=unique,
         manifest_uri=target,
+        rejected=rejected.count,
+        rejected_examples=tuple(rejected.examples),
     )
     log.info("manifest of %s: %s (%d distinct URIs)", uris.redact(config.input_uri), stats, distinct)
     return stats
 
 
+@dataclass
+class _Rejected:
+    """Listed names left out because they cannot be used as they are: how many, and the first few."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, names: list[str], count: int | None = None) -> None:
+        self.count += len(names) if count is None else count
+        self.examples.extend(repr(name) for name in names[: _EXAMPLES - len(self.examples)])
+
+
 # -- sources: batches of raw URI strings ---------------------------------------------------------
 
 
-def _source(input_uri: str, stack: ExitStack) -> tuple[Iterator[pa.Array], bool]:
+def _source(input_uri: str, stack: ExitStack, rejected: _Rejected) -> tuple[Iterator[pa.Array], bool]:
     """Batches of the input's raw URIs, and whether they come from listing a prefix (images filtered)."""
     kind = uris.extension(input_uri)
     if kind not in uris.MANIFEST_EXTENSIONS:
-        return _chunks(_list_prefix(input_uri)), True
+        return _chunks(_list_prefix(input_uri, rejected)), True
     try:
         local = stack.enter_context(storage.local_copy(input_uri))
     except FileNotFoundError:
@@ -132,7 +154,7 @@ def _chunks(values: pa.Array) -> Iterator[pa.Array]:
         yield values.slice(start, BATCH_ROWS)
 
 
-def _list_prefix(input_uri: str) -> pa.Array:
+def _list_prefix(input_uri: str, rejected: _Rejected) -> pa.Array:
     fs, path = storage.filesystem_for(input_uri)
     if storage.is_local(fs) and not os.path.isdir(path):
         raise ManifestError(f"input prefix {input_uri} is not a directory")
@@ -142,10 +164,29 @@ def _list_prefix(input_uri: str) -> pa.Array:
         found = fs.find(path)
     except FileNotFoundError:
         raise ManifestError(f"input prefix {uris.redact(input_uri)} does not exist") from None
-    listed = pa.array(found, pa.string())
+    listed = _utf8_names(found, rejected)
     if storage.is_local(fs):
         return listed
     return pc.binary_join_element_wise("gs://", listed, "")  # gcsfs lists bucket/key
+
+
+def _utf8_names(names: list[str], rejected: _Rejected) -> pa.Array:
+    """The names as an Arrow column; local names that are not UTF-8 (Python holds their bytes as surrogate
+    escapes, which Arrow cannot store) are rejected. The check costs a Python pass only when one exists."""
+    try:
+        return pa.array(names, pa.string())
+    except (UnicodeEncodeError, pa.ArrowInvalid):
+        pass
+    good, bad = [], []
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(name)
+        else:
+            good.append(name)
+    rejected.add(bad)
+    return pa.array(good, pa.string())
 
 
 def _uri_column(names: list[str], input_uri: str) -> str:
@@ -228,18 +269,23 @@ def _query(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
     return con.execute(sql).fetchall()
 
 
-def _load(con: duckdb.DuckDBPyConnection, batches: Iterator[pa.Array], listing: bool) -> tuple[int, int]:
+def _load(
+    con: duckdb.DuckDBPyConnection, batches: Iterator[pa.Array], listing: bool, rejected: _Rejected
+) -> tuple[int, int]:
     """Table `candidates(image_uri)`: every usable image URI, canonical, repeats included.
 
-    Returns (listed, skipped_not_image). Unusable URIs fail the build after all batches were seen, so the
-    error can say how many there are.
+    Returns (listed, skipped_not_image). Unusable listed names are rejected (counted, left out); unusable
+    manifest file entries fail the build after all batches were seen, so the error can say how many there are.
     """
     _query(con, "CREATE TEMP TABLE candidates (image_uri VARCHAR NOT NULL)")
     listed = not_image = unusable = 0
     examples: list[str] = []
     for raw in batches:
         values, bad, skipped = _candidates(raw, listing)
-        if pc.any(bad).as_py():
+        if listing and pc.any(bad).as_py():
+            rejected.add(values.filter(bad).slice(0, _EXAMPLES).to_pylist(), pc.sum(bad).as_py())
+            values = values.filter(pc.invert(bad))
+        elif pc.any(bad).as_py():
             unusable += pc.sum(bad).as_py()
             examples.extend(values.filter(bad).slice(0, _EXAMPLES).to_pylist())
         listed += len(values)
@@ -261,7 +307,11 @@ def _candidates(raw: pa.Array, listing: bool) -> tuple[pa.Array, pa.BooleanArray
     which of them are unusable, and how many entries were left out for not being images."""
     if raw.null_count:
         raw = raw.drop_null()
-    values, unusable = uri_columns.canonicalize(raw.cast(pa.string()))
+    if listing:  # a listed name is used exactly as the store returned it
+        values = raw.cast(pa.string())
+        unusable = uri_columns.unusable_listed(values)
+    else:
+        values, unusable = uri_columns.canonicalize(raw.cast(pa.string()))
     present = pc.greater(pc.binary_length(values), 0)
     if listing:
         images = pc.and_(present, uri_columns.image_array(values))

@@ -30,6 +30,22 @@ def canonicalize(values: pa.Array) -> tuple[pa.Array, pa.BooleanArray]:
     to the store: a bad one becomes that image's not_found error row.)
     """
     trimmed = pc.ascii_trim(values, WHITESPACE) if _has_edge_whitespace(values) else values
+    return _canonical(trimmed)
+
+
+def unusable_listed(values: pa.Array) -> pa.BooleanArray:
+    """Which names a store listed cannot be used exactly as they are; they are never rewritten.
+
+    A listed name is the object's identity: trimming or collapsing it would name another object (or none).
+    So a name is usable only when it is its own canonical spelling and passes the checks `canonicalize`
+    applies: a name with a control character, a '..' or '.' segment or a run of '/' in a gs:// key is
+    refused (and counted by the manifest), not altered; whitespace is part of a listed name.
+    """
+    canonical, unusable = _canonical(values)
+    return pc.or_(unusable, pc.not_equal(canonical, values))
+
+
+def _canonical(trimmed: pa.Array) -> tuple[pa.Array, pa.BooleanArray]:
     suspicious = pc.match_substring_regex(trimmed, _SUSPICIOUS)
     canonical, unusable = trimmed, pc.invert(_local_or_gcs(trimmed))
     if pc.any(suspicious).as_py():
