@@ -26,6 +26,10 @@ override every Param. The embedded default needs none of them: its defaults poin
 | DETECTION_POD_MEMORY | 16Gi | memory request of a shard pod (Kubernetes quantity) |
 | DETECTION_POD_STARTUP_TIMEOUT_S | 900 | how long a pod may wait for a GPU node (autoscaling) and start |
 | DETECTION_RETRY_DELAY_S | 60 | wait before a failed task's retry (warehouse or storage outages, preempted GPU nodes) |
+| DETECTION_INPUT_POKE_INTERVAL_S | 300 | how often a run whose input has not landed yet looks again (the slot is freed in between) |
+| DETECTION_INPUT_TIMEOUT_S | 43200 | how long a run waits for its input to land before it fails (no retry) |
+| DETECTION_WAREHOUSE_LOCK_TIMEOUT_S | 300 | how long a DuckDB load waits for another run's load before failing (retried) |
+| DETECTION_SWEEP_POLL_S | 10 | how often the model sweep checks whether its batch runs have finished |
 """
 
 from __future__ import annotations
@@ -84,6 +88,10 @@ class Settings:
     pod_memory_request: str
     pod_startup_timeout_s: int
     retry_delay_s: int = 60
+    input_poke_interval_s: int = 300
+    input_timeout_s: int = 43200
+    warehouse_lock_timeout_s: int = 300
+    sweep_poll_s: int = 10
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
@@ -113,6 +121,10 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         pod_memory_request=read("DETECTION_POD_MEMORY", "16Gi", _quantity),
         pod_startup_timeout_s=read("DETECTION_POD_STARTUP_TIMEOUT_S", "900", _integer(30, 24 * 3600)),
         retry_delay_s=read("DETECTION_RETRY_DELAY_S", "60", _integer(1, 3600)),
+        input_poke_interval_s=read("DETECTION_INPUT_POKE_INTERVAL_S", "300", _integer(1, 24 * 3600)),
+        input_timeout_s=read("DETECTION_INPUT_TIMEOUT_S", "43200", _integer(1, 7 * 24 * 3600)),
+        warehouse_lock_timeout_s=read("DETECTION_WAREHOUSE_LOCK_TIMEOUT_S", "300", _integer(0, 24 * 3600)),
+        sweep_poll_s=read("DETECTION_SWEEP_POLL_S", "10", _integer(1, 3600)),
     )
     input_prefix = uris.static_prefix(settings.input_uri)
     if input_prefix == settings.input_uri and uris.is_within(settings.output_uri, settings.input_uri):

@@ -36,7 +36,12 @@ def _warehouse(run: dict):
     from detection_pipeline.settings import load_settings
     from detection_pipeline.warehouse import open_warehouse
 
-    return open_warehouse(_config(run).warehouse, gcp_conn_id=load_settings().gcp_conn_id)
+    settings = load_settings()
+    return open_warehouse(
+        _config(run).warehouse,
+        gcp_conn_id=settings.gcp_conn_id,
+        lock_timeout_s=settings.warehouse_lock_timeout_s,
+    )
 
 
 # Its return value holds the conf as given, credentials of an http input URI included (the run needs them):

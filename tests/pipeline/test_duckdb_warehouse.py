@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, date, datetime
 
@@ -387,6 +388,132 @@ def test_a_lock_held_too_long_is_a_clear_error(warehouse):
         impatient = DuckDBWarehouse(warehouse.path, lock_timeout_s=0.3)
         with pytest.raises(WarehouseError, match="cannot open DuckDB warehouse"):
             impatient.run_counts(RUN)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+# -- concurrent writers (a backfill's runs loading at once) ---------------------------------------
+
+# Waits for the start file, then loads its run `times` times into the warehouse (fresh file: no tables yet).
+_LOAD = """
+import json, os, sys, time
+job = json.loads(sys.argv[1])
+from detection_pipeline.warehouse import open_warehouse
+warehouse = open_warehouse("duckdb://" + job["path"], lock_timeout_s=60)
+while not os.path.exists(job["go"]):
+    time.sleep(0.005)
+for _ in range(job["times"]):
+    warehouse.ensure_tables()
+    warehouse.load_run(job["run_id"], "2026-11-21", job["results"], job["metrics"])
+print("loaded", flush=True)
+"""
+
+# Holds the warehouse's writer lock, as a slow load in another process would, until stdin closes.
+_HOLD_WRITER_LOCK = """
+import sys, filelock
+lock = filelock.FileLock(sys.argv[1])
+lock.acquire(timeout=10)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def _subprocess_env() -> dict:
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    paths = [str(root / "plugins"), str(root / "inference_image"), str(root)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def test_concurrent_loads_from_several_processes_are_serialised_and_each_whole(tmp_path):
+    path = tmp_path / "shared" / "warehouse.duckdb"  # nothing there yet: the first writer creates it
+    go = tmp_path / "go"
+    runs = {f"backfill__2026-11-21T10:0{i}:00+00:00": [40 + i, 25, 7 * i + 1] for i in range(4)}
+    jobs = []
+    for run_id, sizes in runs.items():
+        results, metrics = write_run(_prefix(tmp_path, run_id), run_id, sizes, uri_base=f"gs://in/{run_id}")
+        job = {"path": str(path), "go": str(go), "run_id": run_id, "results": results, "metrics": metrics}
+        jobs.append({**job, "times": 2})  # each loads twice: a retried load replaces, never adds
+    loaders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOAD, json.dumps(job)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_subprocess_env(),
+        )
+        for job in jobs
+    ]
+    try:
+        go.touch()  # start them together
+        outcomes = [loader.communicate(timeout=120) for loader in loaders]
+    finally:
+        for loader in loaders:
+            loader.kill()
+            loader.wait(timeout=30)
+
+    assert [(loader.returncode, out.strip()) for loader, (out, _) in zip(loaders, outcomes, strict=True)] == [
+        (0, "loaded")
+    ] * len(jobs), [err for _, err in outcomes]
+    warehouse = DuckDBWarehouse(path)
+    for run_id, sizes in runs.items():
+        counts = warehouse.run_counts(run_id)
+        assert (counts["rows"], counts["distinct_uris"], counts["shard_metrics_rows"]) == (
+            sum(sizes),
+            sum(sizes),
+            len(sizes),
+        ), run_id
+    (total,) = _rows(warehouse, "SELECT count(*) AS n FROM results")[0].values()
+    assert total == sum(sum(sizes) for sizes in runs.values())
+
+
+def test_a_load_queues_behind_another_writer_and_then_loads(warehouse, tmp_path):
+    results, metrics = write_run(_prefix(tmp_path), RUN, [3, 2])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITER_LOCK, str(warehouse.lock_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        release = threading.Timer(1.0, holder.stdin.close)
+        release.start()
+        started = time.monotonic()
+        stats = warehouse.load_run(RUN, "2026-11-21", results, metrics)
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert waited >= 0.9  # it waited for the writer before it
+    assert stats.results_rows == 5 and warehouse.run_counts(RUN)["rows"] == 5
+
+
+def test_a_writer_lock_held_past_the_timeout_is_a_retryable_error_and_changes_nothing(warehouse, tmp_path):
+    from detection_pipeline.errors import PermanentError
+    from detection_pipeline.warehouse.duckdb_warehouse import WarehouseLockedError
+
+    results, metrics = write_run(_prefix(tmp_path), RUN, [3, 2])
+    warehouse.load_run(RUN, "2026-11-21", results, metrics)
+    again, again_metrics = write_run(_prefix(tmp_path, OTHER), RUN, [4], uri_base="gs://images/other")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITER_LOCK, str(warehouse.lock_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        impatient = DuckDBWarehouse(warehouse.path, lock_timeout_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(WarehouseLockedError, match=r"being written by another process.*0\.5 s") as caught:
+            impatient.load_run(RUN, "2026-11-21", again, again_metrics)
+        assert 0.4 <= time.monotonic() - started < 5
+        assert isinstance(caught.value, WarehouseError) and not isinstance(caught.value, PermanentError)
+        assert impatient.run_counts(RUN)["rows"] == 5  # reads need no writer lock; the old slice is intact
     finally:
         holder.kill()
         holder.wait(timeout=30)

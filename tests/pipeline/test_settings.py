@@ -28,6 +28,8 @@ def test_defaults_run_the_embedded_default_from_this_repository():
     assert settings.schedule == "@daily"
     assert settings.start_date == datetime(2026, 1, 1, tzinfo=UTC)
     assert (settings.pod_cpu_request, settings.pod_memory_request) == ("4", "16Gi")
+    assert (settings.input_poke_interval_s, settings.input_timeout_s) == (300, 43200)
+    assert (settings.warehouse_lock_timeout_s, settings.sweep_poll_s) == (300, 10)
 
 
 def test_every_variable_is_read():
@@ -51,6 +53,10 @@ def test_every_variable_is_read():
         "DETECTION_POD_MEMORY": "30Gi",
         "DETECTION_POD_STARTUP_TIMEOUT_S": "1800",
         "DETECTION_RETRY_DELAY_S": "15",
+        "DETECTION_INPUT_POKE_INTERVAL_S": "30",
+        "DETECTION_INPUT_TIMEOUT_S": "3600",
+        "DETECTION_WAREHOUSE_LOCK_TIMEOUT_S": "0",
+        "DETECTION_SWEEP_POLL_S": "2",
     }
 
     settings = load_settings(env)
@@ -75,6 +81,10 @@ def test_every_variable_is_read():
         pod_memory_request="30Gi",
         pod_startup_timeout_s=1800,
         retry_delay_s=15,
+        input_poke_interval_s=30,
+        input_timeout_s=3600,
+        warehouse_lock_timeout_s=0,
+        sweep_poll_s=2,
     )
 
 
@@ -127,6 +137,10 @@ def test_local_uris_are_canonical():
         ("DETECTION_POD_MEMORY", "16 GB", "not a Kubernetes quantity"),
         ("DETECTION_POD_STARTUP_TIMEOUT_S", "5", "integer from 30 to 86400"),
         ("DETECTION_RETRY_DELAY_S", "0", "integer from 1 to 3600"),
+        ("DETECTION_INPUT_POKE_INTERVAL_S", "0", "integer from 1 to 86400"),
+        ("DETECTION_INPUT_TIMEOUT_S", "1w", "integer from 1 to 604800"),
+        ("DETECTION_WAREHOUSE_LOCK_TIMEOUT_S", "-5", "integer from 0 to 86400"),
+        ("DETECTION_SWEEP_POLL_S", "0", "integer from 1 to 3600"),
     ],
 )
 def test_an_invalid_value_names_its_variable(variable, value, message):

@@ -19,7 +19,6 @@ from PIL import Image
 
 from detection_engine import layout
 from detection_pipeline.warehouse import open_warehouse
-from detection_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 from tests.reliability import runs
 from tests.reliability.exactly_once import assert_exactly_once
 
@@ -177,7 +176,8 @@ def test_the_load_task_retries_through_a_warehouse_locked_by_another_process(
     batch_dag, tmp_path, monkeypatch
 ):
     """The warehouse is locked during load_results' first attempt: that attempt fails after the warehouse's own
-    lock wait (cut from 60 s to 2 s), Airflow retries after DETECTION_RETRY_DELAY_S, and the retry loads."""
+    lock wait (DETECTION_WAREHOUSE_LOCK_TIMEOUT_S, 2 s here), Airflow retries after DETECTION_RETRY_DELAY_S,
+    and the retry loads."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.types import DagRunType
 
@@ -185,7 +185,7 @@ def test_the_load_task_retries_through_a_warehouse_locked_by_another_process(
     _images(tmp_path / "images", 2)
     conf = runs.tiny_conf(tmp_path, str(tmp_path / "images"))
     run_id = DagRun.generate_run_id(run_type=DagRunType.MANUAL, logical_date=day, run_after=day)
-    monkeypatch.setitem(DuckDBWarehouse.__init__.__kwdefaults__, "lock_timeout_s", 2.0)
+    monkeypatch.setenv("DETECTION_WAREHOUSE_LOCK_TIMEOUT_S", "2")
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_LOCK, _warehouse_path(conf)],
         stdin=subprocess.PIPE,

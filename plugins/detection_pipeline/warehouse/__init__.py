@@ -30,8 +30,14 @@ _BIGQUERY = re.compile(
 _EXPECTED = "expected duckdb:///absolute/path/file.duckdb or bigquery://project-id/dataset[?location=LOC]"
 
 
-def open_warehouse(uri: str, *, gcp_conn_id: str = "google_cloud_default") -> Warehouse:
-    """The warehouse named by `uri`; ValueError with the reason when the URI is not one we accept."""
+def open_warehouse(
+    uri: str, *, gcp_conn_id: str = "google_cloud_default", lock_timeout_s: float | None = None
+) -> Warehouse:
+    """The warehouse named by `uri`; ValueError with the reason when the URI is not one we accept.
+
+    `lock_timeout_s` bounds how long a DuckDB call waits for another process's write (None: the class's
+    default); BigQuery needs no lock.
+    """
     if not isinstance(uri, str) or not uri:
         raise ValueError(f"invalid warehouse URI {uri!r}: {_EXPECTED}")
     if uri.startswith("duckdb:"):
@@ -43,7 +49,9 @@ def open_warehouse(uri: str, *, gcp_conn_id: str = "google_cloud_default") -> Wa
             )
         from detection_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 
-        return DuckDBWarehouse(match["path"])
+        if lock_timeout_s is None:
+            return DuckDBWarehouse(match["path"])
+        return DuckDBWarehouse(match["path"], lock_timeout_s=lock_timeout_s)
     if uri.startswith("bigquery:"):
         match = _BIGQUERY.match(uri)
         if not match:

@@ -1,8 +1,11 @@
 """The embedded default's warehouse: one DuckDB file, replacing a run's slice exactly as BigQuery does.
 
 Every call opens the file and closes it again, so Airflow tasks in other processes (a backfill's parallel
-runs, the report command) can take their turn; a call that finds the file locked by another process waits
-and retries for up to `lock_timeout_s`.
+runs, the report command) can take their turn. Writers queue on an OS file lock beside the DuckDB file
+(`<file>.duckdb.lock`, fcntl through `filelock`), so concurrent loads run one after the other, each whole,
+instead of racing for DuckDB's own lock. Every call, read or write, gives up after `lock_timeout_s` in all
+(the lock, then DuckDB's own lock, which a reader or an outside process may hold) with a
+`WarehouseLockedError`: a retryable failure, so Airflow retries the task later; nothing is half loaded.
 
 Shard files are read by DuckDB itself (`read_parquet`, `read_json`): local paths and file:// directly,
 other schemes (gs://) through the fsspec filesystem registered on the connection.
@@ -13,11 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
 
 import duckdb
+import filelock
 import fsspec
 import pyarrow as pa
 
@@ -35,6 +39,11 @@ from detection_pipeline.warehouse.base import (
 log = logging.getLogger(__name__)
 
 _LOCAL_PROTOCOLS = {None, "file", "local"}
+DEFAULT_LOCK_TIMEOUT_S = 60.0
+
+
+class WarehouseLockedError(WarehouseError):
+    """Another process kept the warehouse busy for longer than the lock timeout: retry later."""
 
 
 def _columns(fields: tuple[schema.Field, ...], alias: str = "") -> str:
@@ -43,11 +52,18 @@ def _columns(fields: tuple[schema.Field, ...], alias: str = "") -> str:
 
 
 class DuckDBWarehouse(Warehouse):
-    def __init__(self, path: str | Path, *, lock_timeout_s: float = 60.0) -> None:
+    def __init__(self, path: str | Path, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.path = Path(path)
         if not self.path.is_absolute():
             raise ValueError(f"DuckDB warehouse path must be absolute, got {str(path)!r}")
-        self.lock_timeout_s = lock_timeout_s
+        if not lock_timeout_s >= 0:
+            raise ValueError(f"lock_timeout_s must be at least 0, got {lock_timeout_s!r}")
+        self.lock_timeout_s = float(lock_timeout_s)
+
+    @property
+    def lock_path(self) -> Path:
+        """The file writers lock (never deleted: removing a lock file others wait on would break the lock)."""
+        return self.path.with_name(self.path.name + ".lock")
 
     @property
     def uri(self) -> str:
@@ -60,28 +76,50 @@ class DuckDBWarehouse(Warehouse):
 
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_timeout_s
         if write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
             raise WarehouseError(f"no DuckDB warehouse at {self.path}: nothing has been loaded into it yet")
-        con = self._open(write)
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            yield con
-        finally:
-            con.close()
+        with self._writer_lock(deadline) if write else nullcontext():
+            con = self._open(write, deadline)
+            try:
+                con.execute("SET TimeZone = 'UTC'")
+                yield con
+            finally:
+                con.close()
 
-    def _open(self, write: bool) -> duckdb.DuckDBPyConnection:
-        deadline = time.monotonic() + self.lock_timeout_s
+    @contextmanager
+    def _writer_lock(self, deadline: float) -> Iterator[None]:
+        """Hold the writers' lock: wait for the writer before us, up to the deadline."""
+        lock = filelock.FileLock(self.lock_path)
+        try:
+            lock.acquire(timeout=max(0.0, deadline - time.monotonic()), poll_interval=0.05)
+        except filelock.Timeout:
+            raise WarehouseLockedError(
+                f"DuckDB warehouse {self.path} is being written by another process (lock {self.lock_path}) "
+                f"for longer than the lock timeout ({self.lock_timeout_s:g} s); nothing was written, retry later"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _open(self, write: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         delay = 0.05
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=not write)
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                if "lock" not in str(exc).lower():
                     raise WarehouseError(f"cannot open DuckDB warehouse {self.path}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise WarehouseLockedError(
+                        f"cannot open DuckDB warehouse {self.path}: another process kept it locked for longer "
+                        f"than the lock timeout ({self.lock_timeout_s:g} s); retry later ({exc})"
+                    ) from exc
                 log.info("DuckDB warehouse %s is locked by another process; retrying", self.path)
-                time.sleep(delay)
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 1.0)
 
     # -- writes -----------------------------------------------------------------------------------
