@@ -1,6 +1,7 @@
 """Batch object detection with a torchvision detector over a large set of images.
 
-1. Manifest   list the input images, normalise and deduplicate them, write the manifest, plan shards.
+1. Manifest   wait for the input to land (scheduled runs), list the input images, normalise and deduplicate
+              them, write the manifest, plan shards.
 2. Fan-out    one GPU pod per shard (or, in the embedded default, the same engine as a local process).
 3. Load       file-based, idempotent loads of every shard's results into the warehouse.
 4. Aggregate  the run record (throughput, latency, failures, cost, SDK and model versions), its invariants
@@ -17,6 +18,7 @@ from airflow.sdk import dag
 
 from detection_pipeline import tasks
 from detection_pipeline.config import PARAMS
+from detection_pipeline.input_sensor import wait_for_input
 from detection_pipeline.launch import detect_task
 from detection_pipeline.settings import load_settings
 
@@ -41,8 +43,9 @@ settings = load_settings()
 def object_detection_batch():
     run = tasks.validate_config()
 
-    # 1. Manifest
+    # 1. Manifest, once the input is there
     manifest = tasks.build_manifest(run)
+    wait_for_input(settings)(run) >> manifest
     shards = tasks.plan_shards(run, manifest)
 
     # 2. Fan-out: one pod per shard

@@ -29,6 +29,7 @@ def test_dag_reads_like_the_pipeline(dagbag):
     order = [t.task_id for t in dag.topological_sort()]
     steps = [
         "validate_config",
+        "wait_for_input",
         "build_manifest",
         "plan_shards",
         "detect",
