@@ -5,6 +5,12 @@ measures exactly what production runs do and every run keeps its own record, rep
 of each triggered run is derived from the sweep's run id and the combination: re-running the sweep replaces
 those runs (and, through the batch DAG's idempotent loads, their rows) instead of adding more.
 
+Every combination is checked up front with the batch DAG's own rules (`RunConfig.from_params` over the batch
+DAG's Param defaults and the combination's conf), so a combination that could not run fails `plan`, once,
+before any run is triggered. Sizes: `min_size`/`max_size` apply to every resizable model, `model_sizes`
+overrides them per model, and fixed-size models (SSD, SSDlite) always run at their own input size: the
+sweep passes them no size, and a `model_sizes` entry for one is refused, as RunConfig refuses it.
+
 The table reads the run records from the warehouse (speed, cost and, with ground truth, COCO mAP) and sets
 them beside torchvision's published mAP of each model, like torchvision's own model tables.
 """
@@ -18,12 +24,15 @@ import io
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
 from airflow.sdk import Param, get_current_context, task
 
 from detection_engine import catalog, layout
+from detection_pipeline.config import PARAMS, SIZE_RANGE, RunConfig
+from detection_pipeline.errors import PermanentError, at_the_boundary
 
 BATCH_DAG_ID = "object_detection_batch"
 SWEEP_DAG_ID = "detection_model_sweep"
@@ -36,7 +45,9 @@ DEFAULT_MODELS = (
 )
 DEFAULT_PRECISIONS = ("fp32",)
 
-# Options of the batch DAG a sweep passes to every run unchanged; their Params are the batch DAG's own.
+# Options of the batch DAG a sweep passes to its runs; their Params are the batch DAG's own. The sizes go to
+# resizable models only (SIZES).
+SIZES = ("min_size", "max_size")
 PASS_THROUGH = (
     "input_uri",
     "output_uri",
@@ -70,8 +81,8 @@ _RUN_ID_MAX = 250
 _ENUM_MEMBER = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
-class SweepError(ValueError):
-    """A sweep configuration that must not trigger a single run."""
+class SweepError(PermanentError, ValueError):
+    """A sweep configuration that must not trigger a single run (or a sweep that ended incomplete)."""
 
 
 # -- the sweep's Params --------------------------------------------------------------------------
@@ -102,16 +113,38 @@ def sweep_params(batch_params: Mapping[str, Any]) -> dict[str, Param]:
         if name in batch_params:
             base = batch_params[name]
             params[name] = copy.deepcopy(base) if isinstance(base, Param) else Param(base)
+    size = {"type": ["null", "integer"], "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1]}
+    params["model_sizes"] = Param(
+        {},
+        type="object",
+        propertyNames={"enum": [name for name, spec in catalog.MODELS.items() if spec.resizable]},
+        additionalProperties={
+            "type": "object",
+            "properties": {name: size for name in SIZES},
+            "additionalProperties": False,
+        },
+        description="per-model min_size/max_size overriding the sweep's, e.g. "
+        '{"fasterrcnn_resnet50_fpn": {"min_size": 512, "max_size": 853}}; fixed-size models (SSD, SSDlite) '
+        "always run at their own size",
+    )
     return params
 
 
 # -- the runs to trigger -------------------------------------------------------------------------
 
 
-def plan_runs(params: Mapping[str, Any], sweep_run_id: str) -> list[dict]:
+def plan_runs(
+    params: Mapping[str, Any],
+    sweep_run_id: str,
+    *,
+    batch_defaults: Mapping[str, Any] | None = None,
+    logical_date: datetime | None = None,
+) -> list[dict]:
     """One `{"trigger_run_id", "conf"}` per (model, precision), models outermost, in the order given.
 
-    The dicts are the keyword arguments of each mapped TriggerDagRunOperator.
+    The dicts are the keyword arguments of each mapped TriggerDagRunOperator. Each conf is checked as the
+    batch run will check it: `RunConfig.from_params` over `batch_defaults` (the batch DAG's Param defaults)
+    and the conf, at `logical_date` (now when not given); the first combination that fails raises SweepError.
     """
     models = _checked_list(params, "models", catalog.MODELS)
     precisions = _checked_list(params, "precisions", catalog.PRECISIONS)
@@ -121,15 +154,46 @@ def plan_runs(params: Mapping[str, Any], sweep_run_id: str) -> list[dict]:
             f"weights {weights!r} is a state dict, which fits one model; sweep several models with "
             "DEFAULT, COCO_V1 or none"
         )
-    shared = {name: params[name] for name in PASS_THROUGH if name in params}
-    return [
-        {
-            "trigger_run_id": trigger_run_id(sweep_run_id, model, precision),
-            "conf": {**shared, "model": model, "precision": precision},
-        }
-        for model in models
-        for precision in precisions
-    ]
+    model_sizes = _model_sizes(params.get("model_sizes"), models)
+    defaults = {k: p.value for k, p in PARAMS.items()} if batch_defaults is None else dict(batch_defaults)
+    when = logical_date or datetime.now(UTC)
+    shared = {name: params[name] for name in PASS_THROUGH if name in params and name not in SIZES}
+    runs = []
+    for model in models:
+        sizes = _sizes(params, model, model_sizes.get(model))
+        for precision in precisions:
+            conf = {**shared, **sizes, "model": model, "precision": precision}
+            try:
+                RunConfig.from_params({**defaults, **conf}, when)
+            except ValueError as err:  # ConfigError, and the weights/URI checks it wraps
+                raise SweepError(f"{model} at {precision} cannot run: {err}") from None
+            runs.append({"trigger_run_id": trigger_run_id(sweep_run_id, model, precision), "conf": conf})
+    return runs
+
+
+def _model_sizes(value: Any, models: list[str]) -> dict[str, dict]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SweepError(
+            f"model_sizes must be an object of model name -> {{min_size, max_size}}, got {value!r}"
+        )
+    for model, sizes in value.items():
+        if model not in models:
+            raise SweepError(f"model_sizes: {model!r} is not one of the sweep's models ({', '.join(models)})")
+        if not isinstance(sizes, Mapping) or set(sizes) - set(SIZES):
+            raise SweepError(f"model_sizes: {model}: give only {' and '.join(SIZES)}, got {sizes!r}")
+    return {model: dict(sizes) for model, sizes in value.items()}
+
+
+def _sizes(params: Mapping[str, Any], model: str, override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The sizes a model's run gets: its override, else the sweep's; none for a fixed-size model, which runs
+    at its own size (an override for one is passed on, so RunConfig refuses it by name)."""
+    if override is not None:
+        return dict(override)
+    if not catalog.MODELS[model].resizable:
+        return {}
+    return {name: params[name] for name in SIZES if name in params}
 
 
 def trigger_run_id(sweep_run_id: str, model: str, precision: str) -> str:
@@ -315,13 +379,16 @@ def write_comparison(rows: Sequence[Mapping], prefix: str, title: str) -> dict[s
 
 
 @task
+@at_the_boundary
 def plan() -> list[dict]:
-    """Validate the sweep's Params and name the batch run of each (model, precision)."""
+    """Validate every combination as the batch DAG will and name the batch run of each (model, precision)."""
     context = get_current_context()
-    return plan_runs(dict(context["params"]), context["run_id"])
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return plan_runs(dict(context["params"]), context["run_id"], logical_date=when)
 
 
 @task(trigger_rule="all_done")
+@at_the_boundary
 def compare(runs: list[dict]) -> dict[str, str]:
     """Write the comparison table of every planned run, even when some failed (see `compare_runs`)."""
     from detection_pipeline.settings import load_settings
@@ -329,8 +396,14 @@ def compare(runs: list[dict]) -> dict[str, str]:
 
     context = get_current_context()
     params, sweep_run_id = context["params"], context["run_id"]
+    settings = load_settings()
+    warehouse = open_warehouse(
+        params["warehouse"],
+        gcp_conn_id=settings.gcp_conn_id,
+        lock_timeout_s=settings.warehouse_lock_timeout_s,
+    )
     return compare_runs(
-        open_warehouse(params["warehouse"], gcp_conn_id=load_settings().gcp_conn_id),
+        warehouse,
         runs,
         sweep_prefix(params["output_uri"], sweep_run_id),
         f"Model sweep {sweep_run_id}",

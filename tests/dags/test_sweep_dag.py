@@ -68,3 +68,34 @@ def test_the_pass_through_params_are_the_batch_dags(dagbag, sweep_dag):
     for name in shared:
         mine, theirs = sweep_dag.params.get_param(name), batch.params.get_param(name)
         assert (mine.value, mine.schema) == (theirs.value, theirs.schema), name
+
+
+def test_the_sweep_polls_its_runs_as_often_as_the_deployment_says(sweep_dag):
+    from detection_pipeline.settings import load_settings
+
+    settings = load_settings()
+    assert sweep_dag.get_task("run_model").partial_kwargs["poke_interval"] == settings.sweep_poll_s
+    for task_id in ("plan", "compare"):
+        assert sweep_dag.get_task(task_id).retry_delay.total_seconds() == settings.retry_delay_s
+
+
+def test_the_default_sweep_with_sizes_plans_valid_runs_for_its_fixed_size_model_too(dagbag, sweep_dag):
+    batch = dagbag.dags[sweep.BATCH_DAG_ID]
+    conf = {**sweep_dag.params.validate(), "min_size": 320, "max_size": 512}
+    assert "ssdlite320_mobilenet_v3_large" in conf["models"]  # fixed-size
+    for run in sweep.plan_runs(conf, "manual__2026-11-21T00:00:00+00:00"):
+        fixed = not sweep.catalog.MODELS[run["conf"]["model"]].resizable
+        assert ("min_size" in run["conf"]) is not fixed, run["conf"]
+        params = copy.deepcopy(batch.params)
+        params.update(run["conf"])
+        params.validate()
+
+
+def test_a_bad_combination_fails_plan_without_a_retry():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from detection_pipeline.errors import at_the_boundary
+
+    bad = {"models": ["fcos_resnet50_fpn"], "precisions": ["fp32"], "min_size": 900, "max_size": 600}
+    with pytest.raises(AirflowFailException, match="fcos_resnet50_fpn at fp32 cannot run: min_size"):
+        at_the_boundary(sweep.plan_runs)(bad, "manual__x")

@@ -47,7 +47,7 @@ def test_the_sweep_shares_the_batch_dags_params_for_what_it_passes_through():
     params = sweep.sweep_params(base)
     assert set(params) == {
         "models", "precisions", "input_uri", "output_uri", "warehouse", "weights", "batch_size", "min_size",
-        "ground_truth_uri",
+        "ground_truth_uri", "model_sizes",
     }  # fmt: skip
     assert params["batch_size"] is not base["batch_size"]  # a copy: the sweep never alters the batch DAG's
     assert (params["batch_size"].value, params["batch_size"].schema) == (8, base["batch_size"].schema)
@@ -61,7 +61,15 @@ def test_the_default_sweep_is_valid_and_uses_catalog_models():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"models": ["yolo"]}, {"models": []}, {"precisions": ["int8"]}, {"batch_size": 0}],
+    [
+        {"models": ["yolo"]},
+        {"models": []},
+        {"precisions": ["int8"]},
+        {"batch_size": 0},
+        {"model_sizes": {"ssdlite320_mobilenet_v3_large": {"min_size": 320}}},  # fixed size
+        {"model_sizes": {"fcos_resnet50_fpn": {"min_size": 8}}},
+        {"model_sizes": {"fcos_resnet50_fpn": {"size": 512}}},
+    ],
 )
 def test_the_params_refuse_bad_values(overrides):
     from airflow.sdk.exceptions import ParamValidationError
@@ -88,11 +96,11 @@ def test_one_run_per_model_and_precision_models_outermost():
         "warehouse": "duckdb:///data/wh.duckdb",
         "weights": "DEFAULT",
         "batch_size": 8,
-        "min_size": None,
         "ground_truth_uri": None,
-        "model": "ssd300_vgg16",
+        "model": "ssd300_vgg16",  # a fixed-size model: no min_size/max_size
         "precision": "fp16",
     }
+    assert runs[2]["conf"]["min_size"] is None
     assert runs[0]["trigger_run_id"] == f"sweep__{SWEEP_RUN}__ssd300_vgg16__fp16"
 
 
@@ -125,6 +133,53 @@ def test_run_ids_are_made_safe_and_bounded():
 def test_a_bad_sweep_triggers_nothing(overrides, message):
     with pytest.raises(SweepError, match=message):
         plan_runs({**sweep_conf(), **overrides}, SWEEP_RUN)
+
+
+def test_fixed_size_models_run_at_their_own_size_and_others_take_the_sweeps_or_their_own_sizes():
+    conf = sweep_conf(
+        models=["fasterrcnn_resnet50_fpn", "ssdlite320_mobilenet_v3_large", "fcos_resnet50_fpn"],
+        min_size=480,
+        max_size=640,
+        model_sizes={"fcos_resnet50_fpn": {"min_size": 320, "max_size": 512}},
+    )
+    sizes = {
+        run["conf"]["model"]: {k: run["conf"][k] for k in ("min_size", "max_size") if k in run["conf"]}
+        for run in plan_runs(conf, SWEEP_RUN)
+    }
+    assert sizes == {
+        "fasterrcnn_resnet50_fpn": {"min_size": 480, "max_size": 640},
+        "ssdlite320_mobilenet_v3_large": {},
+        "fcos_resnet50_fpn": {"min_size": 320, "max_size": 512},
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # the batch DAG's RunConfig rules, per combination, before anything is triggered
+        ({"min_size": 900, "max_size": 600}, "min_size: 900 is larger than max_size 600"),
+        (
+            {"model_sizes": {"fcos_resnet50_fpn": {"min_size": 700, "max_size": 500}}},
+            "fcos_resnet50_fpn at fp32",
+        ),
+        ({"weights": "COCO_V2"}, r"'COCO_V2' is not a weights member"),
+        ({"input_uri": "/data/in/../etc"}, r"input_uri: .*'\.\.' segment"),
+        ({"output_uri": "/data/in/out"}, "output_uri: .* lies inside input_uri"),
+        ({"model_sizes": {"ssd300_vgg16": {"min_size": 300}}}, "ssd300_vgg16 has a fixed input size"),
+        ({"model_sizes": {"retinanet_resnet50_fpn": {"min_size": 300}}}, "not one of the sweep's models"),
+    ],
+)
+def test_a_combination_the_batch_dag_would_refuse_fails_the_plan(overrides, message):
+    models = ["fcos_resnet50_fpn", "ssd300_vgg16"]
+    with pytest.raises(SweepError, match=message) as caught:
+        plan_runs({**sweep_conf(models=models), **overrides}, SWEEP_RUN)
+    assert "cannot run" in str(caught.value) or "model_sizes" in str(caught.value)
+
+
+def test_sweep_errors_are_permanent():
+    from detection_pipeline.errors import PermanentError
+
+    assert issubclass(SweepError, PermanentError)
 
 
 def test_a_state_dict_is_fine_for_a_single_model():
