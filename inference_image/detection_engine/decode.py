@@ -8,11 +8,17 @@ results and metrics can count failures by kind; the detail is for a human and ne
     is_directory       the URI names a directory or prefix, not a file          (fetch)
     empty_file         zero bytes                                               (fetch, decode)
     fetch_error        any other failure to read the bytes (network, server)    (fetch)
+    not_a_regular_file a FIFO, device, socket or symlink loop, never opened      (fetch)
+    too_large          more bytes than --max-image-bytes, cut off while streaming (fetch)
+    timeout            not fetched and decoded within --image-timeout-s         (fetch, pipeline)
     not_an_image       the bytes are no image format at all (text, random data)
     truncated          a supported image whose data ends early
     corrupt            a supported image whose data is damaged
     too_many_pixels    width x height over the limit (decompression bombs), checked before any pixel is decoded
     unsupported        an image format or pixel mode this engine does not decode (HEIC, AVIF, PSD, float TIFF...)
+    too_thin           the model's resize would leave a side of 0 px, refused before the batch     (inference)
+    model_error        the model raised on this image alone (found by bisecting the batch)          (inference)
+    out_of_memory      the image does not fit on the device even alone                               (inference)
 
 Decoding choices, made once here so every model sees the same pixels:
 
@@ -38,24 +44,23 @@ Thread-safe: each call works on its own `Image`; Pillow releases the GIL while i
 from __future__ import annotations
 
 import io
-import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from detection_engine.redaction import redact_text
+from detection_engine.bounded_read import FETCH_CODES
+from detection_engine.redaction import redact_line
 
 REASON_CODES = (
-    "not_found",
-    "permission_denied",
-    "is_directory",
-    "empty_file",
-    "fetch_error",
+    *FETCH_CODES,
     "not_an_image",
     "truncated",
     "corrupt",
     "too_many_pixels",
     "unsupported",
+    "too_thin",
+    "model_error",
+    "out_of_memory",
 )
 
 # Pillow's own warning threshold (~89.5 MP, 256 MiB as RGBX): bigger than any camera a detector is fed, and
@@ -88,13 +93,10 @@ class ImageError(Exception):
 
 # -- redaction -----------------------------------------------------------------------------------
 
-_SPACE = re.compile(r"\s+")
-
 
 def redact(text: str) -> str:
-    """One short line with no credentials (`redaction.redact_text`), for an error row's detail."""
-    text = _SPACE.sub(" ", redact_text(text)).strip()
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+    """One short line with no credentials (`redaction.redact_line`), for an error row's detail."""
+    return redact_line(text, _MAX_DETAIL)
 
 
 # -- decoding ------------------------------------------------------------------------------------

@@ -24,3 +24,12 @@ def redact_text(text: str) -> str:
     text = _URL_QUERY.sub(r"\g<url>", text)
     text = _SECRET_PARAM.sub(r"\g<key>=<redacted>", text)
     return _BEARER.sub(r"\1 <redacted>", text)
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def redact_line(text: str, max_chars: int = 200) -> str:
+    """`redact_text` as one short line (whitespace collapsed, cut at `max_chars`), for an error row's detail."""
+    text = _SPACE.sub(" ", redact_text(text)).strip()
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."

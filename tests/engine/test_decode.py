@@ -214,11 +214,17 @@ def test_image_error_codes_are_the_fixed_set():
         "is_directory",
         "empty_file",
         "fetch_error",
+        "not_a_regular_file",
+        "too_large",
+        "timeout",
         "not_an_image",
         "truncated",
         "corrupt",
         "too_many_pixels",
         "unsupported",
+        "too_thin",
+        "model_error",
+        "out_of_memory",
     }
     with pytest.raises(ValueError, match="unknown image error code"):
         ImageError("bad_luck", "nope")
