@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 _WRITERS = 8  # concurrent shard manifest writes (uploads, on gs://)
 _SHARD_SCHEMA = schema.arrow_schema(schema.SHARD_MANIFEST)
-_SHARD_FILE = re.compile(r"shard-(\d+)\.parquet$")
+_SHARD_FILE = re.compile(r"/shard-(\d+)\.(?:parquet|json)$")
+_SHARD_FOLDERS = ("shards", "results", "metrics")  # layout's per-shard files
 
 
 class ShardingError(PermanentError, RuntimeError):
@@ -63,8 +64,9 @@ def plan_shards(config: RunConfig, run_prefix: str, manifest_uri: str) -> list[d
     """Write each shard's manifest (column image_uri) and return the shard specs for the launchers.
 
     A spec is `{"shard_index": i, "images": n, "manifest_uri": uri}`. An empty manifest gives no specs and
-    no shard files. Shard manifests of an earlier attempt with more shards are removed, so the run's
-    shards/ folder always matches its manifest.
+    no shard files. The shard manifests, results and metrics of an earlier attempt's shards that this plan
+    does not have are removed, so a re-planned run (fewer shards) leaves only its own files: no reader can
+    count an earlier attempt's images.
     """
     fs, path = storage.filesystem_for(manifest_uri)
     table = pq.read_table(pa.BufferReader(fs.cat_file(path)), columns=["image_uri", "shard_index"])
@@ -105,16 +107,17 @@ def _boundaries(shard_index: np.ndarray, manifest_uri: str) -> list[int]:
 
 
 def _remove_stale_shards(run_prefix: str, shards: int) -> None:
-    folder = layout.join(run_prefix, "shards")
-    fs, path = storage.filesystem_for(folder)
-    if not storage.is_local(fs):
-        fs.invalidate_cache(path)  # the client is shared by the process: list what is there now
-    try:
-        names = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        return
-    for name in names:
-        match = _SHARD_FILE.search(name)
-        if match and int(match.group(1)) >= shards:
-            fs.rm_file(name)
-            log.info("removed %s, a shard of an earlier attempt with more shards", name)
+    """Remove every per-shard file (layout's shards/, results/, metrics/) of a shard index >= `shards`."""
+    for folder in _SHARD_FOLDERS:
+        fs, path = storage.filesystem_for(layout.join(run_prefix, folder))
+        if not storage.is_local(fs):
+            fs.invalidate_cache(path)  # the client is shared by the process: list what is there now
+        try:
+            names = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            match = _SHARD_FILE.search("/" + name)
+            if match and int(match.group(1)) >= shards:
+                fs.rm_file(name)
+                log.info("removed %s, a file of an earlier attempt's shard this plan does not have", name)

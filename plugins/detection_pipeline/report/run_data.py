@@ -92,14 +92,19 @@ class RunData:
         return sum(self.label_counts.values())
 
 
-def read_run(run_prefix: str, *, sample_images: int = 8) -> RunData:
-    """Read every shard's results and metrics under `run_prefix` (local path or any fsspec URI).
+def read_run(run_prefix: str, *, sample_images: int = 8, shards: int | None = None) -> RunData:
+    """Read the shards' results and metrics under `run_prefix` (local path or any fsspec URI).
 
-    A run with no shard files is an empty run, not an error; an unreadable file raises ReportError.
+    With `shards` (the run's planned count), only shards 0..shards-1 are read, so files an earlier attempt
+    left cannot be counted. A run with no shard files is an empty run, not an error; an unreadable file
+    raises ReportError.
     """
     fs, _ = fsspec.core.url_to_fs(run_prefix)
     results = _shard_paths(fs, layout.results_glob(run_prefix))
     metrics = _shard_paths(fs, layout.metrics_glob(run_prefix))
+    if shards is not None:
+        results = {i: path for i, path in results.items() if i < shards}
+        metrics = {i: path for i, path in metrics.items() if i < shards}
     data = RunData(results_files=len(results))
 
     errors: dict[str, list] = {}

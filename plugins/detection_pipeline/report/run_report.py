@@ -78,7 +78,7 @@ def build_run_report(run_prefix: str, record: dict, *, sample_images: int = 8) -
     `record` is the run's row (schema.RUNS keys); the charts, error table and gallery come from the shard
     files under `run_prefix`, so the report shows what the pods wrote.
     """
-    data = read_run(run_prefix, sample_images=sample_images)
+    data = read_run(run_prefix, sample_images=sample_images, shards=record.get("shards"))  # planned only
     return write_text(layout.report_uri(run_prefix), render_run_report(data, record))
 
 
