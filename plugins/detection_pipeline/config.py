@@ -23,6 +23,7 @@ from typing import Any
 from airflow.sdk import Param
 from jsonschema import Draft202012Validator
 
+from detection_engine import bounded_read
 from detection_engine.catalog import (
     DEFAULT_MODEL,
     MODELS,
@@ -127,6 +128,26 @@ class RunConfig:
         "Inference precision; fp16/bf16 apply on GPU (the engine falls back to fp32 where unsupported).",
         {"type": "string", "enum": list(PRECISIONS)},
         default="fp32",
+    )
+    max_image_bytes: int = _field(
+        "Byte cap per image, enforced while streaming: a larger object is one too_large error row.",
+        {"type": "integer", "minimum": 1024, "maximum": 1 << 34},
+        default=bounded_read.DEFAULT_MAX_BYTES,
+    )
+    connect_timeout_s: float = _field(
+        "Seconds to connect to an http(s) or gs:// server before the read is a timeout.",
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+        default=bounded_read.DEFAULT_CONNECT_TIMEOUT_S,
+    )
+    read_timeout_s: float = _field(
+        "Seconds a read from an http(s) or gs:// server may wait for the next bytes.",
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+        default=bounded_read.DEFAULT_READ_TIMEOUT_S,
+    )
+    image_timeout_s: float = _field(
+        "Per-image deadline for fetch and decode: one stuck read becomes one timeout error row.",
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+        default=bounded_read.DEFAULT_TIMEOUT_S,
     )
     shard_size: int = _field(
         "Images per shard (one pod each); more shards than max_shards are never made, so shards grow instead.",

@@ -82,6 +82,10 @@ def test_arguments_are_a_list_of_one_flag_with_its_value_each():
         "--min-size": "96",
         "--max-size": "128",
         "--precision": "bf16",
+        "--max-image-bytes": str(64 * 1024 * 1024),  # the read bounds, at their defaults
+        "--connect-timeout-s": "10.0",
+        "--read-timeout-s": "30.0",
+        "--image-timeout-s": "120.0",
     }
 
 

@@ -23,6 +23,10 @@ ENGINE_OPTIONS: dict[str, str] = {
     "min_size": "--min-size",
     "max_size": "--max-size",
     "precision": "--precision",
+    "max_image_bytes": "--max-image-bytes",
+    "connect_timeout_s": "--connect-timeout-s",
+    "read_timeout_s": "--read-timeout-s",
+    "image_timeout_s": "--image-timeout-s",
 }
 
 NOT_ENGINE_OPTIONS: frozenset[str] = frozenset(
