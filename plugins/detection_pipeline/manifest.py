@@ -42,6 +42,7 @@ from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -51,7 +52,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from detection_engine import layout, schema
+from detection_engine import bounded_read, layout, schema
+from detection_engine.redaction import redact_text
 from detection_pipeline import sharding, storage, uri_columns, uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.errors import ManifestError
@@ -399,25 +401,31 @@ def _drop_repeats(values: pa.Array, previous: str | None) -> pa.Array:
 # -- content dedup -------------------------------------------------------------------------------
 
 
-def content_sha1(image_uris: list[str]) -> pa.Array:
-    """SHA-1 of each URI's bytes, read concurrently; null where the object cannot be read."""
+def content_sha1(image_uris: list[str], config: RunConfig) -> pa.Array:
+    """SHA-1 of each URI's bytes, read concurrently under the run's read bounds (regular files only, byte
+    cap, timeouts: a FIFO or an endless body never hangs the build); null where it cannot be read."""
+    read = partial(_sha1_or_none, config=config)
     with ThreadPoolExecutor(HASH_WORKERS) as pool:
-        digests = list(pool.map(_sha1_or_none, image_uris))
+        digests = list(pool.map(read, image_uris))
     unreadable = digests.count(None)
     if unreadable:
         log.warning("%d of %d inputs could not be read to hash; each is kept", unreadable, len(digests))
     return pa.array(digests, pa.string())
 
 
-def _sha1_or_none(uri: str) -> str | None:
+def _sha1_or_none(uri: str, config: RunConfig) -> str | None:
     digest = hashlib.sha1(usedforsecurity=False)
     try:
-        fs, path = storage.filesystem_for(uri)
-        with fs.open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+        for chunk in bounded_read.iter_bounded(
+            uri,
+            max_bytes=config.max_image_bytes,
+            timeout_s=config.image_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+        ):
+            digest.update(chunk)
     except Exception as exc:  # the engine reports the read error as the image's result row
-        log.debug("cannot hash %s: %s", uris.redact(uri), exc)
+        log.debug("cannot hash %s: %s", uris.redact(uri), redact_text(str(exc)))
         return None
     return digest.hexdigest()
 
@@ -456,7 +464,7 @@ def _write_manifest(sorted_uris: Path, target: str, config: RunConfig) -> int:
     source = pq.ParquetFile(sorted_uris)
     if with_hash:
         image_uris = source.read().column("image_uri").combine_chunks()
-        digests = content_sha1(image_uris.to_pylist())
+        digests = content_sha1(image_uris.to_pylist(), config)
         keep = pa.array(_first_of_each_content(digests))
         batches = [
             pa.record_batch(

@@ -75,3 +75,21 @@ def test_names_that_cannot_be_used_are_counted_with_examples_and_the_rest_are_ke
     assert sorted(stats.rejected_examples) == sorted(
         repr(str(folder / n)) for n in ("tab\there.jpg", "new\nline.jpg", os.fsdecode(b"latin1-\xe9.jpg"))
     )
+
+
+@pytest.mark.timeout(60)
+def test_content_dedup_never_blocks_on_a_fifo_in_the_folder(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"same")
+    (folder / "b.jpg").write_bytes(b"same")
+    os.mkfifo(folder / "pipe.jpg")  # no writer: a plain read would wait forever
+    config = RunConfig(
+        input_uri=str(folder),
+        output_uri=str(tmp_path / "out"),
+        warehouse=f"duckdb://{tmp_path}/w.duckdb",
+        dedup_mode="content",
+    )
+    stats = build_manifest(config, layout.run_prefix(config.output_uri, "r1"))
+    kept = pq.read_table(stats.manifest_uri).column("image_uri").to_pylist()
+    assert kept == [str(folder / "a.jpg"), str(folder / "pipe.jpg")]  # the FIFO is kept: its row says why
