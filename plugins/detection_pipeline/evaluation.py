@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from detection_engine import layout, schema
+from detection_engine import bounded_read, layout, schema
 from detection_pipeline.errors import PermanentError
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ METRIC_COLUMNS: dict[str, int] = {
 # Every runs column this module fills (schema.RUNS declares them; a test checks they are there).
 ACCURACY_COLUMNS: tuple[str, ...] = ("ground_truth_uri", "eval_images", *METRIC_COLUMNS)
 
+GROUND_TRUTH_MAX_BYTES = 2 << 30  # COCO train2017's instances file is ~450 MB
+GROUND_TRUTH_TIMEOUT_S = 600.0
 DEFAULT_EVAL_SCORE_THRESHOLD = 0.05  # torchvision's box_score_thresh when its published mAP was measured
 COCO_MAX_DETECTIONS = 100  # COCOeval's largest maxDets: AR@100 needs up to 100 boxes per image
 
@@ -120,12 +122,15 @@ def load_ground_truth(uri: str) -> dict:
     Returns a copy with every annotation given `iscrowd` (default 0), `area` (default box area: a box-only
     file has no segmentation area) and a fresh unique `id` (COCOeval keys matches by it).
     """
-    try:
-        with fsspec.open(uri, "rt", encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise GroundTruthError(f"ground truth {uri} does not exist") from None
-    except json.JSONDecodeError as exc:
+    try:  # bounded: a FIFO, a device or a huge file is refused, never read until memory runs out
+        data = json.loads(
+            bounded_read.read_bounded(uri, max_bytes=GROUND_TRUTH_MAX_BYTES, timeout_s=GROUND_TRUTH_TIMEOUT_S)
+        )
+    except bounded_read.ReadRefused as exc:
+        if exc.code == "not_found":
+            raise GroundTruthError(f"ground truth {uri} does not exist") from None
+        raise GroundTruthError(f"cannot read ground truth {uri}: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GroundTruthError(f"ground truth {uri} is not JSON: {exc}") from None
     except Exception as exc:
         raise GroundTruthError(f"cannot read ground truth {uri}: {type(exc).__name__}: {exc}") from None
