@@ -255,7 +255,7 @@ def _check_regular(mode: int) -> None:
 
 def _local_error(exc: OSError) -> ReadRefused:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return ReadRefused("not_found", "no such file")
+        return ReadRefused("not_found", "no such file or object")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return ReadRefused("permission_denied", exc.strerror or "permission denied")
     if exc.errno == errno.EISDIR:
@@ -305,6 +305,8 @@ def _iter_fs(fs: AbstractFileSystem, path: str, budget: _Budget, protocols: tupl
             size = budget.chunk_size()
             chunk = _remote_call(lambda size=size: handle.read(size), budget)
             if not chunk:
+                if budget.read == 0 and _is_directory(fs, path):  # stores that open a prefix as 0 bytes
+                    raise ReadRefused("is_directory", "a directory or prefix, not a file")
                 return
             yield budget.take(chunk)
     finally:

@@ -20,7 +20,7 @@ from datetime import date
 
 from detection_engine.catalog import DEFAULT_MODEL, MODELS, PRECISIONS
 from detection_engine.decode import DEFAULT_MAX_PIXELS
-from detection_engine.fetch import ManifestError
+from detection_engine.fetch import ManifestError, ReadLimits
 from detection_engine.models import DEVICES, DeviceError, ModelLoadError, ModelOptions
 from detection_engine.pipeline import PipelineOptions
 from detection_engine.shard import DEFAULT_SUMMARY_PATH, ShardJob, run_shard
@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="batches' worth of decoded images searched for similar aspect ratios; 1 keeps arrival order",
     )
     p.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS)
+    limits = defaults.read_limits
+    p.add_argument(
+        "--max-image-bytes", type=_positive_int, default=limits.max_bytes, help="cut off while streaming"
+    )
+    p.add_argument("--connect-timeout-s", type=_positive_float, default=limits.connect_timeout_s)
+    p.add_argument("--read-timeout-s", type=_positive_float, default=limits.read_timeout_s)
+    p.add_argument(
+        "--image-timeout-s",
+        type=_positive_float,
+        default=limits.timeout_s,
+        help="per-image deadline for fetch and decode: a read past it is one timeout error row",
+    )
     p.add_argument("--summary-path", default=DEFAULT_SUMMARY_PATH)
     p.add_argument("--log-interval-s", type=_positive_float, default=30.0)
     p.add_argument("--seed", type=int, default=0, help="seeds random init for --weights none")
@@ -141,6 +153,12 @@ def parse_job(argv: Sequence[str] | None = None) -> ShardJob:
             prefetch_batches=args.prefetch_batches,
             group_window=args.group_window,
             max_image_pixels=args.max_image_pixels,
+            read_limits=ReadLimits(
+                max_bytes=args.max_image_bytes,
+                connect_timeout_s=args.connect_timeout_s,
+                read_timeout_s=args.read_timeout_s,
+                timeout_s=args.image_timeout_s,
+            ),
         ),
         summary_path=args.summary_path,
         log_interval_s=args.log_interval_s,

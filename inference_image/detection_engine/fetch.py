@@ -16,46 +16,60 @@ that emulator anonymously.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 # gcsfs otherwise wraps every bucket in its experimental zonal/HNS filesystem, which first probes the
 # bucket over gRPC: against an emulator that stalls ~60 s per bucket. Must be set before gcsfs is imported.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-import threading
-
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import split_protocol, url_to_fs
+from fsspec.core import split_protocol
 from fsspec.spec import AbstractFileSystem
 
+from detection_engine.bounded_read import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    ReadRefused,
+    bounded_filesystem,
+    read_bounded,
+)
 from detection_engine.decode import ImageError, redact
 
 MANIFEST_COLUMN = "image_uri"
 
 _GCS_PROTOCOLS = ("gs", "gcs")
-_filesystems: dict[tuple, AbstractFileSystem] = {}
-_filesystems_lock = threading.Lock()
 
 
 class ManifestError(Exception):
     """The shard manifest cannot be used (missing, unreadable, wrong shape): the shard cannot start."""
 
 
-def filesystem_for(uri: str) -> tuple[AbstractFileSystem, str]:
-    """The shared filesystem that serves `uri`, and the path to pass to it."""
-    if "::" in uri:  # chained URLs (e.g. simplecache::gs://...) carry their own options: build each time
-        return url_to_fs(uri)
+@dataclass(frozen=True)
+class ReadLimits:
+    """The bounds of one image's read: --max-image-bytes, --connect-timeout-s, --read-timeout-s, --image-timeout-s."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+DEFAULT_LIMITS = ReadLimits()
+
+
+def filesystem_for(uri: str, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[AbstractFileSystem, str]:
+    """The shared, bounded filesystem that serves `uri`, and the path to pass to it."""
     protocol = split_protocol(uri)[0] or "file"
-    options = _storage_options(protocol)
-    key = (protocol, tuple(sorted(options.items())))
-    fs = _filesystems.get(key)
-    if fs is None:
-        with _filesystems_lock:
-            fs = _filesystems.get(key)
-            if fs is None:
-                fs, _ = url_to_fs(uri, **options)
-                _filesystems[key] = fs
-    return fs, fs._strip_protocol(uri)
+    return bounded_filesystem(
+        uri,
+        connect_timeout_s=limits.connect_timeout_s,
+        read_timeout_s=limits.read_timeout_s,
+        total_s=limits.timeout_s,
+        extra_options=_storage_options(protocol),
+    )
 
 
 def _storage_options(protocol: str) -> dict:
@@ -64,64 +78,26 @@ def _storage_options(protocol: str) -> dict:
     return {}
 
 
-# A forked child must not reuse its parent's clients: their event loop and sockets stay with the parent.
-os.register_at_fork(after_in_child=_filesystems.clear)
-
-
 # -- image bytes ---------------------------------------------------------------------------------
 
 
-def fetch_bytes(uri: str) -> bytes:
-    """All bytes of the object at `uri`, or `ImageError` saying why they cannot be had."""
+def fetch_bytes(uri: str, limits: ReadLimits = DEFAULT_LIMITS) -> bytes:
+    """All bytes of the object at `uri` within `limits`, or `ImageError` saying why they cannot be had."""
     try:
-        fs, path = filesystem_for(uri)
+        fs, _ = filesystem_for(uri, limits)
     except Exception as exc:  # unknown protocol, missing driver, malformed URI
         raise ImageError("fetch_error", f"{type(exc).__name__}: {exc}") from exc
-    if _is_bucket(fs, path):  # gcsfs would send a request for it that is never an object
-        raise ImageError("is_directory", "a bucket, not an object")
     try:
-        data = fs.cat_file(path)
-    except IsADirectoryError:
-        raise ImageError("is_directory", "a directory, not a file") from None
-    except (FileNotFoundError, NotADirectoryError):
-        if _is_directory(fs, path):
-            raise ImageError("is_directory", "a directory or prefix, not a file") from None
-        raise ImageError("not_found", "no such file or object") from None
-    except PermissionError as exc:
-        raise ImageError("permission_denied", _os_detail(exc)) from None
-    except Exception as exc:
-        raise _remote_error(exc) from exc
-    if not data:
-        raise ImageError("empty_file", "0 bytes")
-    return data
-
-
-def _is_bucket(fs: AbstractFileSystem, path: str) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return any(p in _GCS_PROTOCOLS for p in protocols) and "/" not in path.strip("/")
-
-
-def _is_directory(fs: AbstractFileSystem, path: str) -> bool:
-    """Object stores have no directories: a missing object may still be a prefix with objects under it."""
-    try:
-        return bool(fs.isdir(path))
-    except Exception:
-        return False
-
-
-def _os_detail(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
-def _remote_error(exc: Exception) -> ImageError:
-    """gcsfs and aiohttp report HTTP statuses in their own exception types; map the ones with a code."""
-    status = getattr(exc, "status", None) or getattr(exc, "code", None)
-    message = str(exc)
-    if status in (401, 403) or message.startswith("Forbidden"):
-        return ImageError("permission_denied", f"HTTP {status or 403}")
-    if status == 404:
-        return ImageError("not_found", "no such file or object (HTTP 404)")
-    return ImageError("fetch_error", f"{type(exc).__name__}: {message}")
+        return read_bounded(
+            uri,
+            max_bytes=limits.max_bytes,
+            timeout_s=limits.timeout_s,
+            connect_timeout_s=limits.connect_timeout_s,
+            read_timeout_s=limits.read_timeout_s,
+            fs=fs,
+        )
+    except ReadRefused as exc:
+        raise ImageError(exc.code, exc.detail) from None
 
 
 # -- shard manifest ------------------------------------------------------------------------------
@@ -186,4 +162,4 @@ def _check_no_blank(uris: list, uri: str) -> None:
             raise ManifestError(f"shard manifest {redact(uri)}: row {row} has an empty {MANIFEST_COLUMN}")
 
 
-__all__ = ["ManifestError", "fetch_bytes", "filesystem_for", "read_shard_manifest"]
+__all__ = ["ManifestError", "ReadLimits", "fetch_bytes", "filesystem_for", "read_shard_manifest"]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from detection_engine.decode import redact
 from detection_engine.preprocess import model_input
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,22 @@ class Detector:
         with torch.inference_mode():
             return self._run(list(images))
 
+    def refusal(self, width: int, height: int) -> str | None:
+        """`too_thin: ...` when the model's own resize would leave a side of 0 px (its interpolate raises)."""
+        shape = resized_shape(getattr(self.model, "transform", None), height, width)
+        if shape is None or min(shape) >= 1:
+            return None
+        return f"too_thin: {width}x{height} resizes to {shape[1]}x{shape[0]} px for this model"
+
     def _run(self, images: list[torch.Tensor]) -> list[Detections | Failed]:
         try:
             return self._forward(images)
         except torch.OutOfMemoryError:
             pass  # retried below, outside the handler, so the failed attempt's tensors are freed first
+        except Exception as exc:
+            if _systemic(exc):
+                raise  # the device or the process, not an image: fail the shard (retried)
+            return self._bisect(images, exc)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         if len(images) == 1:
@@ -86,6 +99,14 @@ class Detector:
             half,
             len(images) - half,
         )
+        return self._run(images[:half]) + self._run(images[half:])
+
+    def _bisect(self, images: list[torch.Tensor], exc: Exception) -> list[Detections | Failed]:
+        """A batch that raised: run its halves, down to the image(s) that raise alone."""
+        if len(images) == 1:
+            return [Failed(f"model_error: {redact(f'{type(exc).__name__}: {exc}')}")]
+        half = (len(images) + 1) // 2
+        log.warning("a batch of %d images raised %s; bisecting", len(images), type(exc).__name__)
         return self._run(images[:half]) + self._run(images[half:])
 
     def _forward(self, images: list[torch.Tensor]) -> list[Detections | Failed]:
@@ -111,3 +132,36 @@ class Detector:
             scores=scores[keep].cpu().numpy(),
             labels=output["labels"][keep].cpu().numpy().astype(np.int64),
         )
+
+
+# Errors after which the device (or process) cannot be trusted for any image: CUDA context faults.
+_SYSTEMIC_MARKERS = (
+    "illegal memory access",
+    "device-side assert",
+    "CUDA error",
+    "CUBLAS_STATUS",
+    "cuDNN error",
+    "NCCL",
+    "device lost",
+    "unspecified launch failure",
+)
+
+
+def _systemic(exc: Exception) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "AcceleratorError":
+        return True
+    return any(marker in str(exc) for marker in _SYSTEMIC_MARKERS)
+
+
+def resized_shape(transform, height: int, width: int) -> tuple[int, int] | None:
+    """(height, width) after torchvision's GeneralizedRCNNTransform resize in eval mode, computed as it does
+    (scale = min(min_size / short side, max_size / long side), interpolate floors size * scale); None for a
+    model without that transform. SSD's fixed size never yields 0 px."""
+    if transform is None or not hasattr(transform, "min_size"):
+        return None
+    fixed = getattr(transform, "fixed_size", None)
+    if fixed is not None:
+        return (int(fixed[1]), int(fixed[0]))
+    size = float(transform.min_size[-1])
+    scale = min(size / min(height, width), float(transform.max_size) / max(height, width))
+    return (math.floor(height * scale), math.floor(width * scale))

@@ -16,12 +16,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import torch
 
 from detection_engine.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from detection_engine.fetch import fetch_bytes
+from detection_engine.fetch import DEFAULT_LIMITS, ReadLimits, fetch_bytes
 from detection_engine.inference import Detections, Detector, Failed
 from detection_engine.preprocess import host_tensor
 
@@ -34,6 +35,7 @@ class PipelineOptions:
     prefetch_batches: int = 3
     group_window: int = 4  # batches' worth of decoded images searched for similar shapes; 1 = arrival order
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    read_limits: ReadLimits = field(default_factory=ReadLimits)
 
 
 @dataclass
@@ -91,7 +93,15 @@ class PipelineOutcome:
 class Loader:
     """Fetch (I/O-bound, many threads) chained into decode (CPU-bound, few threads); never raises per image."""
 
-    def __init__(self, fetch_workers: int, decode_workers: int, max_pixels: int, pin_memory: bool) -> None:
+    def __init__(
+        self,
+        fetch_workers: int,
+        decode_workers: int,
+        max_pixels: int,
+        pin_memory: bool,
+        limits: ReadLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.limits = limits
         self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self._max_pixels = max_pixels
@@ -101,8 +111,9 @@ class Loader:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._fetch_pool.shutdown(wait=True, cancel_futures=True)
-        self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        # A read past its deadline has its error row already; its thread ends at its own bounds, unwaited.
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, index: int, uri: str) -> Future[Loaded]:
         done: Future[Loaded] = Future()
@@ -121,13 +132,12 @@ class Loader:
         self._fetch_pool.submit(self._fetch, index, uri).add_done_callback(decode_when_fetched)
         return done
 
-    @staticmethod
-    def _fetch(index: int, uri: str) -> tuple[Loaded, bytes | None]:
+    def _fetch(self, index: int, uri: str) -> tuple[Loaded, bytes | None]:
         started = time.perf_counter()
         item = Loaded(index, uri)
         data = None
         try:
-            data = fetch_bytes(uri)
+            data = fetch_bytes(uri, self.limits)
         except ImageError as exc:
             item.error = exc.reason
         except MemoryError:
@@ -161,19 +171,30 @@ def _copy_outcome(source: Future, target: Future) -> None:
         target.set_result(source.result())
 
 
+_GRACE_S = 5.0  # beyond the read's own deadline, for its decode
+
+
 def load_in_order(uris: Sequence[str], loader: Loader, max_in_flight: int) -> Iterator[Loaded]:
     """Loads in manifest order, keeping up to `max_in_flight` fetches/decodes running ahead of the consumer."""
-    pending: deque[Future[Loaded]] = deque()
+    pending: deque[tuple[int, str, Future[Loaded]]] = deque()
     upcoming = iter(enumerate(uris))
     for index, uri in upcoming:
-        pending.append(loader.submit(index, uri))
+        pending.append((index, uri, loader.submit(index, uri)))
         if len(pending) >= max_in_flight:
             break
+    # The reads bound themselves; this is the backstop that keeps one stuck image from stalling the shard.
+    wait_s = getattr(loader, "limits", DEFAULT_LIMITS).timeout_s + _GRACE_S
     while pending:
-        item = pending.popleft().result()
+        index, uri, future = pending.popleft()
+        try:
+            item = future.result(timeout=wait_s)
+        except FutureTimeout:
+            item = Loaded(
+                index, uri, error=ImageError("timeout", f"not fetched and decoded in {wait_s:g} s").reason
+            )
         following = next(upcoming, None)
         if following is not None:
-            pending.append(loader.submit(*following))
+            pending.append((*following, loader.submit(*following)))
         yield item
 
 
@@ -226,18 +247,23 @@ def run_pipeline(
 
     def decoded(stream: Iterable[Loaded]) -> Iterator[Loaded]:
         for item in stream:
-            if item.error is None:
+            refusal = detector.refusal(item.width, item.height) if item.error is None else None
+            if item.error is None and refusal is None:
                 yield item
             else:
+                sized = {"width": item.width, "height": item.height} if refusal else {}
                 results[item.index] = ImageResult(
-                    item.uri, item.error, fetch_s=item.fetch_s, decode_s=item.decode_s
+                    item.uri, item.error or refusal, fetch_s=item.fetch_s, decode_s=item.decode_s, **sized
                 )
                 report(1)
 
     window = options.batch_size * max(1, options.group_window)
     max_in_flight = options.batch_size * max(1, options.prefetch_batches)
     pin = detector.device.type == "cuda"
-    with Loader(options.fetch_workers, options.decode_workers, options.max_image_pixels, pin) as loader:
+    loader = Loader(
+        options.fetch_workers, options.decode_workers, options.max_image_pixels, pin, options.read_limits
+    )
+    with loader:
         stream = decoded(load_in_order(uris, loader, max_in_flight))
         for batch in group_batches(stream, options.batch_size, window):
             batch_started = time.perf_counter()
