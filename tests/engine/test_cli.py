@@ -212,3 +212,38 @@ def test_unwritable_output_exits_4(tmp_path, manifest, capsys):
     (tmp_path / "out").write_text("a file where the output prefix should be")
     assert cli.main(_tiny_args(tmp_path, manifest[0])) == cli.EXIT_OUTPUT
     assert "cannot write" in _user_error(capsys)
+
+
+@pytest.mark.timeout(150)
+def test_a_shard_with_special_files_and_stuck_servers_exits_0_with_one_row_each(
+    tmp_path, write_images, write_manifest, run_engine
+):
+    import os
+
+    from tests.hostile_servers import endless_http_server, silent_server
+
+    good = write_images(tmp_path / "images", [(96, 64)])[0]
+    fifo = tmp_path / "images" / "pipe.jpg"
+    os.mkfifo(fifo)
+    with silent_server() as silent, endless_http_server() as endless:
+        uris = [good, str(fifo), "/dev/zero", f"{silent}/a.jpg", f"{endless}/b.jpg"]
+        manifest_uri = write_manifest(tmp_path / "shard-00002.txt", uris)
+        args = _tiny_args(
+            tmp_path,
+            manifest_uri,
+            "--max-image-bytes=2097152",
+            "--connect-timeout-s=1",
+            "--read-timeout-s=1",
+            "--image-timeout-s=3",
+        )
+        done = run_engine(*args, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(layout.shard_results_uri(str(tmp_path / "out" / "run-1"), 2)).to_pylist()
+    codes = {row["image_uri"]: (row["error"] or "ok").split(":")[0] for row in table}
+    assert codes == {
+        good: "ok",
+        str(fifo): "not_a_regular_file",
+        "/dev/zero": "not_a_regular_file",
+        f"{silent}/a.jpg": "timeout",
+        f"{endless}/b.jpg": "too_large",
+    }
