@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from detection_pipeline.report import build_dashboard, build_run_report
-from tests.report.test_dashboard import history
+from detection_pipeline.report.dashboard import short_id
+from tests.report.test_dashboard import OTHER, charts, history
+from tests.report.test_trends import WORKLOAD
 
 pytestmark = pytest.mark.browser
 
@@ -109,8 +111,12 @@ def test_run_report_renders_without_errors(browser, mixed_run):
 
 
 def test_dashboard_renders_without_errors(browser, tmp_path):
-    page = Path(build_dashboard(history(8.0), str(tmp_path / "dashboard.html")))
-    charts = {"chart-time-images_per_s", "chart-time-cost_per_1000", "chart-time-wall_s", "chart-by-sdk"}
-    _open_and_check(browser, page, charts | {"chart-by-model"}, "dashboard")
+    page = Path(build_dashboard(history(7.0), str(tmp_path / "dashboard.html")))
+    _open_and_check(browser, page, charts(WORKLOAD, OTHER), "dashboard")
     banner = browser.execute_script("return document.querySelector('.banner.bad').innerText")
-    assert banner.startswith("REGRESSION")
+    assert banner.startswith(f"REGRESSION: workload {short_id(WORKLOAD)}")
+    # per-workload series by version: the regressed workload's chart has both torch versions drawn
+    traces = browser.execute_script(
+        f"return document.getElementById('chart-{short_id(WORKLOAD)}-time').data.map(t => t.name);"
+    )
+    assert {"regression"} < set(traces) and sum("torch 2.15.0" in t for t in traces) == 3

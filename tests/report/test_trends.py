@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from detection_pipeline.report.trends import compare_latest, to_datetime, to_points
+from detection_pipeline.report.trends import check_workload, checks_frame, runs_frame, split_workloads
 from tests.report.conftest import run_record
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
+WORKLOAD = "a" * 64
 
 
 def run(
@@ -15,8 +16,9 @@ def run(
     *,
     model: str = "fasterrcnn_resnet50_fpn",
     weights: str = "DEFAULT",
-    ips: float = 10.0,
-    cost: float = 2.0,
+    ips: float | None = 10.0,
+    cost: float | None = 2.0,
+    workload: str | None = WORKLOAD,
     **kw,
 ) -> dict:
     """The n-th daily run, executed on its own logical date unless told otherwise."""
@@ -31,81 +33,92 @@ def run(
         weights_id=weights,
         images_per_s=ips,
         cost_per_1000_images_usd=cost,
+        workload_id=workload,
     )
     fields.update(kw)
     return run_record(**fields)
 
 
-def latest_change(records: list[dict], threshold: float = 0.10) -> dict:
-    comparison = compare_latest(to_points(records), threshold)
-    return {c.key: c for c in comparison.changes}
+def _check(records: list[dict]):
+    trended, _ = split_workloads(runs_frame(records))
+    (runs,) = trended.values()
+    return check_workload(runs)
 
 
-@pytest.mark.parametrize(
-    ("latest_ips", "threshold", "regressed"),
-    [(8.5, 0.10, True), (9.0, 0.10, False), (8.5, 0.20, False), (12.0, 0.10, False)],
-)
-def test_images_per_s_regresses_only_beyond_the_threshold(latest_ips, threshold, regressed):
-    comparison = compare_latest(to_points([run(1, ips=10.0), run(2, ips=latest_ips)]), threshold)
-    assert comparison.regressed is regressed
-    assert (
-        latest_change([run(1, ips=10.0), run(2, ips=latest_ips)], threshold)["images_per_s"].regressed
-        is regressed
-    )
+def _verdicts(records: list[dict]) -> dict:
+    return {c.metric: c.regressed for c in _check(records).checks}
 
 
-def test_a_cost_rise_beyond_the_threshold_is_a_regression():
-    changes = latest_change([run(1, cost=2.0), run(2, cost=2.3)])
-    assert changes["cost_per_1000"].regressed and changes["cost_per_1000"].relative == pytest.approx(0.15)
-    assert not changes["images_per_s"].regressed
-    assert not latest_change([run(1, cost=2.0), run(2, cost=1.5)])["cost_per_1000"].regressed
+def steady(*values: float, **kw) -> list[dict]:
+    return [run(i, ips=v, **kw) for i, v in enumerate(values, start=1)]
 
 
-def test_runtime_is_compared_but_never_judged():
-    assert not latest_change([run(1, wall_s=10.0), run(2, wall_s=100.0)])["wall_s"].regressed
+@pytest.mark.parametrize(("latest", "regressed"), [(10.0, False), (9.7, False), (9.0, True), (13.0, False)])
+def test_images_per_s_regresses_only_outside_the_noise_band(latest, regressed):
+    records = [*steady(10.0, 10.2, 9.8, 10.1, 9.9), run(6, ips=latest)]
+    assert _verdicts(records)["images_per_s"] is regressed
 
 
-def test_previous_means_the_same_model_and_weights():
-    records = [
-        run(1, ips=10.0),
-        run(2, ips=10.0, weights="COCO_V1"),  # same model, other weights: a different model version
-        run(3, model="retinanet_resnet50_fpn", ips=1.0),
-        run(4, ips=9.5),
-    ]
-    comparison = compare_latest(to_points(records), 0.10)
-    assert comparison.previous.run_id == "scheduled__2026-11-02" and not comparison.regressed
+def test_a_noisy_history_widens_the_band():
+    noisy = [*steady(10.0, 14.0, 7.0, 12.0, 8.0), run(6, ips=8.0)]
+    assert not _verdicts(noisy)["images_per_s"]
 
 
-def test_the_first_run_of_a_model_has_nothing_to_compare():
-    comparison = compare_latest(to_points([run(1), run(2, model="retinanet_resnet50_fpn", ips=1.0)]), 0.10)
-    assert comparison.previous is None and comparison.changes == [] and not comparison.regressed
+def test_a_cost_rise_outside_the_band_is_a_regression():
+    records = [run(1, cost=2.0), run(2, cost=2.0), run(3, cost=2.0), run(4, cost=2.5)]
+    check = _check(records)
+    (cost,) = [c for c in check.checks if c.metric == "cost_per_1000"]
+    assert cost.regressed and cost.relative == pytest.approx(0.25)
+
+
+def test_runtime_is_shown_but_never_judged():
+    assert not _verdicts([run(1, wall_s=10.0), run(2, wall_s=10.0), run(3, wall_s=100.0)])["wall_s"]
+
+
+def test_too_little_history_is_not_judged():
+    check = _check([run(1, ips=10.0), run(2, ips=1.0)])
+    assert not check.regressed
+    assert set(checks_frame([check])["verdict"]) == {"too little history"}
+
+
+def test_the_changed_version_is_named():
+    records = [*steady(10.0, 10.0, 10.0), run(4, ips=7.0, torch_version="2.15.0")]
+    check = _check(records)
+    assert check.regressed and check.version_changes == ["torch 2.14.1 -> 2.15.0"]
+
+
+def test_only_the_same_workload_is_compared():
+    other = "b" * 64
+    records = [*steady(10.0, 10.0, 10.0), run(4, ips=2.0, workload=other), run(5, ips=1.0, workload=other)]
+    trended, one_off = split_workloads(runs_frame(records))
+    assert list(trended) == [other, WORKLOAD] and one_off.empty  # most recently run first
+    assert not check_workload(trended[WORKLOAD]).regressed
+
+
+def test_single_runs_and_runs_without_a_workload_id_are_one_off():
+    records = [run(1, workload=None), run(2, workload=None), run(3, workload="c" * 64)]
+    trended, one_off = split_workloads(runs_frame(records))
+    assert trended == {} and len(one_off) == 3
 
 
 def test_latest_is_the_last_executed_run_so_a_backfill_counts():
     backfill = run(0, ips=5.0, run_type="backfill", started_at=DAY + timedelta(days=10), recorded_at=None)
-    comparison = compare_latest(to_points([run(1, ips=10.0), backfill]), 0.10)
-    assert comparison.latest.run_type == "backfill" and comparison.regressed
+    check = _check([*steady(10.0, 10.0, 10.0), backfill])
+    assert check.latest_run == "scheduled__2026-11-01" and check.regressed
 
 
 def test_missing_numbers_are_not_regressions():
-    assert not compare_latest(to_points([run(1, ips=None), run(2, ips=1.0)]), 0.10).regressed
+    assert not _check([*steady(10.0, 10.0, 10.0), run(4, ips=None)]).regressed
 
 
 def test_records_from_json_with_string_timestamps():
     record = run(1)
     as_json = {**record, "logical_date": "2026-11-02T00:00:00+00:00", "run_date": "2026-11-02", "started_at": None,
                "recorded_at": "2026-11-02T02:00:00Z"}  # fmt: skip
-    (point,) = to_points([as_json])
-    assert point.when == datetime(2026, 11, 2, tzinfo=UTC) and point.executed.hour == 2
+    frame = runs_frame([as_json, {**as_json, "run_id": "r2", "logical_date": None}])
+    assert frame["when"].iloc[0] == datetime(2026, 11, 2, tzinfo=UTC) and frame["executed"].iloc[0].hour == 2
 
 
-def test_dates_and_naive_times_become_utc():
-    assert to_datetime(date(2026, 1, 2)) == datetime(2026, 1, 2, tzinfo=UTC)
-    assert to_datetime(datetime(2026, 1, 2, 3)) == datetime(2026, 1, 2, 3, tzinfo=UTC)
-    with pytest.raises(ValueError):
-        to_datetime(3.5)
-
-
-def test_a_negative_threshold_is_refused():
-    with pytest.raises(ValueError, match="threshold"):
-        compare_latest(to_points([run(1)]), -0.1)
+def test_a_run_without_any_date_is_a_clear_error():
+    with pytest.raises(ValueError, match="neither logical_date nor run_date"):
+        runs_frame([{**run(1), "logical_date": None, "run_date": None}])

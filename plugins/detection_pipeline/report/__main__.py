@@ -1,7 +1,7 @@
 """Commands: build one run's report, or the dashboard across runs, from the warehouse's run records.
 
 python -m detection_pipeline.report run --warehouse URI --run-id ID [--run-prefix URI]
-python -m detection_pipeline.report dashboard --warehouse URI --out FILE [--threshold 0.1]
+python -m detection_pipeline.report dashboard --warehouse URI --out FILE
 """
 
 from __future__ import annotations
@@ -22,16 +22,6 @@ T = TypeVar("T")
 
 class CommandError(Exception):
     """A user error, printed as one line."""
-
-
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _count(text: str) -> int:
@@ -61,9 +51,6 @@ def _parser() -> argparse.ArgumentParser:
         "--warehouse", required=True, help="duckdb:///path.duckdb or bigquery://project/dataset"
     )
     dashboard.add_argument("--out", required=True, help="output HTML file (local path or gs:// URI)")
-    dashboard.add_argument(
-        "--threshold", type=_threshold, default=0.10, help="regression threshold (0.1 = 10%%)"
-    )
     return parser
 
 
@@ -90,7 +77,7 @@ def _run_report(args: argparse.Namespace) -> str:
 
 def _dashboard(args: argparse.Namespace) -> str:
     records = _read_warehouse(args.warehouse, lambda w: w.runs())
-    return build_dashboard(records, args.out, regression_threshold=args.threshold)
+    return build_dashboard(records, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

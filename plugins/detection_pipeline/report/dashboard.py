@@ -1,207 +1,204 @@
-"""The dashboard across runs: throughput, cost and runtime over time and by version, and a regression mark.
+"""The dashboard across runs: per workload, throughput, cost and runtime over time and by version, and each
+workload's latest run checked against that workload's own history.
 
-Building it is a pure function of the run records (`render_dashboard`); `build_dashboard` only writes the page.
+Building it is a pure function of the run records (`dashboard_page`); `build_dashboard` only writes the page.
 The command in `__main__` is the thin part that opens the warehouse.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
+import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from detection_pipeline.report.page import Page, banner, empty, plot_text, table, write_text
-from detection_pipeline.report.trends import Change, Comparison, RunPoint, compare_latest, to_points
-
-_METRICS: tuple[tuple[str, str, Callable[[RunPoint], float | None]], ...] = (
-    ("images_per_s", "images/s", lambda p: p.images_per_s),
-    ("cost_per_1000", "cost per 1,000 images (USD)", lambda p: p.cost_per_1000),
-    ("wall_s", "runtime (s)", lambda p: p.wall_s),
+from detection_pipeline.report.page import Page, banner, empty, frame_table, plot_text, write_page
+from detection_pipeline.report.trends import (
+    METRICS,
+    WorkloadCheck,
+    check_workload,
+    checks_frame,
+    runs_frame,
+    split_workloads,
 )
+
+MAX_WORKLOADS = 12  # the most recently run workloads get charts; the rest are in the tables
 _REGRESSION_COLOR = "#cf222e"
-_GROUP_COLORS = plotly.colors.qualitative.Plotly  # the same group keeps its colour in both rows
+_COLORS = plotly.colors.qualitative.Plotly  # one colour per version, the same in both of a workload's charts
+_RUN_COLUMNS = {
+    "run_id": "run",
+    "when": "logical date",
+    "run_type": "type",
+    "workload_short": "workload",
+    "model_version": "model",
+    "sdk_version": "torch / torchvision / image",
+    "processed": "images",
+    "images_per_s": "images/s",
+    "cost_per_1000": "cost per 1k (USD)",
+    "wall_s": "runtime (s)",
+}
 
 
-def build_dashboard(records: list[dict], out_uri: str, *, regression_threshold: float = 0.10) -> str:
-    """Write the dashboard for `records` (schema.RUNS dicts) to `out_uri` (any fsspec URI); return the URI."""
-    return write_text(out_uri, render_dashboard(records, regression_threshold=regression_threshold))
+def build_dashboard(records: list[dict], out_uri: str) -> str:
+    """Write the dashboard for `records` (schema.RUNS dicts) to `out_uri` (any fsspec URI); return the URI.
+
+    plotly.js is written once beside it (see page.write_page)."""
+    return write_page(out_uri, dashboard_page(records))
 
 
-def render_dashboard(records: list[dict], *, regression_threshold: float = 0.10) -> str:
-    points = to_points(records)
-    comparison = compare_latest(points, regression_threshold)
+def render_dashboard(records: list[dict]) -> str:
+    return dashboard_page(records).render()
+
+
+def short_id(workload: str) -> str:
+    return workload[:12]
+
+
+def dashboard_page(records: list[dict]) -> Page:
+    frame = runs_frame(records)
+    if frame.empty:
+        page = Page("Detection runs dashboard", "no runs")
+        page.section("latest", "Regression check", empty("No runs recorded yet."))
+        return page
+    trended, one_off = split_workloads(frame)
     subtitle = (
-        f"{len(points)} runs, {points[0].when.date()} to {points[-1].when.date()}" if points else "no runs"
+        f"{len(frame)} runs of {frame['workload'].nunique()} workloads, "
+        f"{frame['when'].min().date()} to {frame['when'].max().date()}"
     )
     page = Page("Detection runs dashboard", subtitle)
-    if not points:
-        page.section("latest", "Latest run", empty("No runs recorded yet."))
-        return page.render()
-
-    page.section("latest", "Latest run vs the previous run of its model", *_comparison(comparison))
+    checks = {workload: check_workload(runs) for workload, runs in trended.items()}
+    page.section("checks", "Latest run of each workload vs its own history", *_checks(list(checks.values())))
+    for workload, runs in itertools.islice(trended.items(), MAX_WORKLOADS):
+        short = short_id(workload)
+        page.section(
+            f"workload-{short}",
+            f"Workload {short}: {checks[workload].label}",
+            page.figure(_over_time(runs, checks[workload]), f"chart-{short}-time"),
+            page.figure(_by_version(runs), f"chart-{short}-versions"),
+        )
     page.section(
-        "over-time",
-        "Over time",
-        *(_over_time(page, points, key, title, value, comparison) for key, title, value in _METRICS),
+        "one-off",
+        "One-off workloads (a single run each: listed, not trended)",
+        _runs_table(one_off) if not one_off.empty else empty("None."),
     )
-    page.section(
-        "by-sdk",
-        "By torch / torchvision / container version",
-        _by_group(page, points, "sdk", lambda p: p.sdk_version),
-    )
-    page.section("by-model", "By model version", _by_group(page, points, "model", lambda p: p.model_version))
-    page.section("runs", "Runs", _runs_table(points))
-    return page.render()
+    page.section("runs", "All runs", _runs_table(frame))
+    return page
 
 
-def _pct(relative: float | None) -> str:
-    return "n/a" if relative is None else f"{100 * relative:+.1f}%"
-
-
-def _comparison(comparison: Comparison) -> list[str]:
-    latest, previous = comparison.latest, comparison.previous
-    if previous is None:
-        return [
-            banner(
-                f"Run {latest.run_id} is the first run of {latest.model_version}: nothing to compare.", "warn"
+def _checks(checks: list[WorkloadCheck]) -> list[str]:
+    if not checks:
+        return [banner("No workload has run twice yet: nothing to compare.", "warn")]
+    parts = []
+    for check in checks:
+        for metric in (m for m in check.checks if m.regressed):
+            versions = "; ".join(check.version_changes) or "no version changed"
+            parts.append(
+                banner(
+                    f"REGRESSION: workload {short_id(check.workload_id)} ({check.label}), run {check.latest_run}: "
+                    f"{metric.label} {100 * metric.relative:+.1f}% vs the median of its last "
+                    f"{check.history_runs} runs (noise band +/-{metric.band:.3g}); {versions}.",
+                    "bad",
+                )
             )
-        ]
-    regressed = [c for c in comparison.changes if c.regressed]
-    threshold = f"{100 * comparison.threshold:g}%"
-    if regressed:
-        what = "; ".join(f"{c.metric} {_pct(c.relative)}" for c in regressed)
-        head = banner(
-            f"REGRESSION: run {latest.run_id} ({latest.model_version}) vs run {previous.run_id}: {what} "
-            f"(threshold {threshold}).",
-            "bad",
-        )
-    else:
-        head = banner(
-            f"No regression beyond {threshold}: run {latest.run_id} vs run {previous.run_id} ({latest.model_version}).",
-            "good",
-        )
-    rows = [
-        (c.metric, c.previous, c.latest, _pct(c.relative), "REGRESSED" if c.regressed else "")
-        for c in comparison.changes
-    ]
-    rows += [
-        ("torch / torchvision / image", previous.sdk_version, latest.sdk_version, "", ""),
-        ("run", previous.run_id, latest.run_id, "", ""),
-    ]
-    return [head, table(("", "previous", "latest", "change", ""), rows, numeric=(1, 2, 3))]
+    if not parts:
+        parts.append(banner("No workload's latest run is outside its history's noise band.", "good"))
+    return [*parts, frame_table(checks_frame(checks))]
 
 
-def _x(point: RunPoint) -> str:
-    return point.when.replace(tzinfo=None).isoformat(sep=" ")
+def _x(when: pd.Series) -> list[str]:
+    """plotly.js date axes ignore UTC offsets, so send naive UTC times."""
+    return when.dt.tz_convert("UTC").dt.tz_localize(None).dt.strftime("%Y-%m-%d %H:%M:%S").tolist()
 
 
-def _over_time(
-    page: Page,
-    points: list[RunPoint],
-    key: str,
-    title: str,
-    value: Callable[[RunPoint], float | None],
-    comparison: Comparison | None,
-) -> str:
-    """One point per run, one line per model version, the regressed latest run marked."""
-    with_value = [p for p in points if value(p) is not None]
-    if not with_value:
-        return empty(f"No run recorded {title}.")
-    fig = go.Figure()
-    for version in sorted({p.model_version for p in with_value}):
-        members = sorted((p for p in with_value if p.model_version == version), key=lambda p: p.when)
-        fig.add_trace(
-            go.Scatter(
-                x=[_x(p) for p in members],
-                y=[value(p) for p in members],
-                mode="lines+markers",
-                name=plot_text(version),
-                text=[plot_text(f"{p.run_id} ({p.run_type}), {p.sdk_version}") for p in members],
-                hovertemplate="%{x}<br>%{y:.3f}<br>%{text}<extra></extra>",
-            )
-        )
-    change = _regressed_change(comparison, key)
-    if change is not None:
-        latest = comparison.latest
-        fig.add_trace(
-            go.Scatter(
-                x=[_x(latest)],
-                y=[value(latest)],
-                mode="markers",
-                name="regression",
-                marker={"symbol": "x", "size": 16, "color": _REGRESSION_COLOR, "line": {"width": 2}},
-                hovertemplate=f"regressed {_pct(change.relative)}<extra></extra>",
-            )
-        )
-        fig.add_annotation(
-            x=_x(latest),
-            y=value(latest),
-            text=f"regressed {_pct(change.relative)}",
-            font={"color": _REGRESSION_COLOR},
-            arrowcolor=_REGRESSION_COLOR,
-        )
-    fig.update_layout(
-        title=f"{title} per run", template="plotly_white", xaxis_title="logical date", yaxis_title=title,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
-    )  # fmt: skip
-    return page.figure(fig, f"chart-time-{key}")
+def _version_colors(runs: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(sorted(runs["sdk_version"].unique()), itertools.cycle(_COLORS), strict=False))
 
 
-def _regressed_change(comparison: Comparison | None, key: str) -> Change | None:
-    """The latest run's regressed change in this chart's metric, if any."""
-    if comparison is None:
-        return None
-    return next((c for c in comparison.changes if c.regressed and c.key == key), None)
-
-
-def _by_group(page: Page, points: list[RunPoint], key: str, group: Callable[[RunPoint], str]) -> str:
-    """Images/s and cost per 1,000 images per version: one box (every run a dot) per group."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
-    groups = sorted({group(p) for p in points})
-    for row, (_, title, value) in enumerate(_METRICS[:2], start=1):
-        for color, name in zip(itertools.cycle(_GROUP_COLORS), groups, strict=False):
-            members = [p for p in points if group(p) == name and value(p) is not None]
-            if not members:
-                continue
+def _over_time(runs: pd.DataFrame, check: WorkloadCheck) -> go.Figure:
+    """Images/s, cost per 1,000 images and runtime per run over logical date; one colour per version; the
+    regressed latest run marked."""
+    fig = make_subplots(rows=len(METRICS), cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    colors = _version_colors(runs)
+    regressed = {m.metric: m for m in check.checks if m.regressed}
+    for row, (column, (label, _)) in enumerate(METRICS.items(), start=1):
+        for version, members in runs.dropna(subset=[column]).sort_values("when").groupby("sdk_version"):
             fig.add_trace(
-                go.Box(
-                    x=[plot_text(name)] * len(members),
-                    y=[value(p) for p in members],
-                    name=plot_text(name),
-                    boxpoints="all",
-                    jitter=0.3,
-                    pointpos=0,
-                    text=[plot_text(p.run_id) for p in members],
-                    hovertemplate="%{text}: %{y:.3f}<extra></extra>",
-                    showlegend=False,
-                    marker_color=color,
+                go.Scatter(
+                    x=_x(members["when"]),
+                    y=members[column].tolist(),
+                    mode="lines+markers",
+                    name=plot_text(version),
+                    legendgroup=plot_text(version),
+                    showlegend=row == 1,
+                    marker_color=colors[version],
+                    text=[
+                        plot_text(f"{r} ({t})")
+                        for r, t in zip(members["run_id"], members["run_type"], strict=True)
+                    ],
+                    hovertemplate="%{x}<br>%{y:.3f}<br>%{text}<extra></extra>",
                 ),
                 row=row,
                 col=1,
             )
-        fig.update_yaxes(title_text=title, row=row, col=1)
-    fig.update_layout(template="plotly_white", height=620, margin={"l": 60, "r": 20, "t": 30, "b": 80})
-    return page.figure(fig, f"chart-by-{key}")
+        if column in regressed:
+            latest = runs.iloc[-1]
+            fig.add_trace(
+                go.Scatter(
+                    x=_x(runs["when"].iloc[-1:]),
+                    y=[float(latest[column])],
+                    mode="markers",
+                    name="regression",
+                    showlegend=False,
+                    marker={"symbol": "x", "size": 16, "color": _REGRESSION_COLOR, "line": {"width": 2}},
+                    hovertemplate=f"regressed {100 * regressed[column].relative:+.1f}%<extra></extra>",
+                ),
+                row=row,
+                col=1,
+            )
+        fig.update_yaxes(title_text=label, row=row, col=1)
+    fig.update_xaxes(title_text="logical date", row=len(METRICS), col=1)
+    fig.update_layout(
+        title="Per run over time, by torch / torchvision / container version", template="plotly_white",
+        height=720, margin={"l": 70, "r": 20, "t": 50, "b": 50},
+    )  # fmt: skip
+    return fig
 
 
-def _runs_table(points: list[RunPoint]) -> str:
-    rows = [
-        (
-            p.run_id,
-            p.when.date().isoformat(),
-            p.run_type,
-            p.model_version,
-            p.sdk_version,
-            p.processed,
-            p.images_per_s,
-            p.cost_per_1000,
-            p.wall_s,
-        )
-        for p in reversed(points)
-    ]
-    header = ("run", "logical date", "type", "model", "torch / torchvision / image", "images")
-    header += ("images/s", "cost per 1k (USD)", "runtime (s)")
-    return table(header, rows, numeric=(5, 6, 7, 8))
+def _by_version(runs: pd.DataFrame) -> go.Figure:
+    """Each metric per version: one box (every run a dot) per torch / torchvision / container version."""
+    fig = make_subplots(rows=1, cols=len(METRICS), subplot_titles=[label for label, _ in METRICS.values()])
+    colors = _version_colors(runs)
+    for col, column in enumerate(METRICS, start=1):
+        for version, members in runs.dropna(subset=[column]).groupby("sdk_version"):
+            fig.add_trace(
+                go.Box(
+                    x=[plot_text(version)] * len(members),
+                    y=members[column].tolist(),
+                    name=plot_text(version),
+                    boxpoints="all",
+                    jitter=0.3,
+                    pointpos=0,
+                    text=[plot_text(r) for r in members["run_id"]],
+                    hovertemplate="%{text}: %{y:.3f}<extra></extra>",
+                    showlegend=False,
+                    marker_color=colors[version],
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(
+        title="By version (hover for the version)", template="plotly_white", height=380,
+        margin={"l": 60, "r": 20, "t": 70, "b": 30},
+    )  # fmt: skip
+    return fig
+
+
+def _runs_table(frame: pd.DataFrame) -> str:
+    shown = frame.iloc[::-1].assign(
+        when=frame["when"].dt.strftime("%Y-%m-%d"),
+        workload_short=frame["workload"].map(lambda w: None if w.startswith("run:") else short_id(w)),
+    )
+    return frame_table(shown[list(_RUN_COLUMNS)].rename(columns=_RUN_COLUMNS))

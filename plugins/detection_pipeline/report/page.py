@@ -1,19 +1,27 @@
-"""One self-contained HTML page: inline CSS, plotly.js embedded once, every text escaped.
+"""One HTML page: inline CSS, tables rendered by pandas, every text escaped, plotly.js shared.
 
-Reports are opened from a bucket or a laptop with no network, so nothing may be fetched at view time:
-plotly.js is inlined with the first figure and the later figures reuse it.
+Reports are opened from a bucket or a laptop with no network, so nothing may be fetched from the web: plotly.js
+(4.8 MB) is one file in the output folder that every report and the dashboard load by a relative path, so a run
+report stays tens of KB and still opens offline.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import os
+import posixpath
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import fsspec
+import numpy as np
+import pandas as pd
+import plotly
 import plotly.graph_objects as go
+import plotly.offline
 from fsspec.implementations.local import LocalFileSystem
 
 _CSS = """
@@ -26,7 +34,7 @@ nav a { margin-right: 12px; }
 table { border-collapse: collapse; margin: 8px 0; }
 th, td { border: 1px solid #d0d7de; padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td { font-variant-numeric: tabular-nums; }
 pre { background: #f6f8fa; padding: 12px; overflow-x: auto; font-size: 0.85em; }
 .banner { padding: 10px 14px; border-radius: 6px; margin: 12px 0; font-weight: 600; }
 .banner.bad { background: #ffebe9; border: 1px solid #cf222e; color: #82071e; }
@@ -41,6 +49,7 @@ pre { background: #f6f8fa; padding: 12px; overflow-x: auto; font-size: 0.85em; }
 """
 
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+PLOTLY_JS = f"plotly-{plotly.__version__}.min.js"  # by version: a later plotly never breaks older reports
 
 
 def esc(value: object) -> str:
@@ -54,36 +63,36 @@ def plot_text(value: object) -> str:
     return html.escape(str(value), quote=False)
 
 
-def fmt(value: object, digits: int = 2) -> str:
-    """A number for a table cell (escaped); None as an em dash."""
-    if value is None:
-        return "&mdash;"
+def cell(value: object, digits: int = 2) -> str:
+    """A table cell's text (unescaped: pandas escapes it): thousands separators, None as an em dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\u2014"
     if isinstance(value, bool):
-        return esc(value)
-    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, int | np.integer):
         return f"{value:,}"
-    if isinstance(value, float):
+    if isinstance(value, float | np.floating):
         return f"{value:,.{digits}f}"
-    return esc(value)
+    return str(value)
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: Sequence[int] = ()) -> str:
-    """An HTML table; cells are escaped (numbers formatted), columns in `numeric` right-aligned."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = []
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            cls = ' class="num"' if i in numeric else ""
-            cells.append(f"<td{cls}>{fmt(cell)}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def frame_table(frame: pd.DataFrame, *, header: bool = True, index: bool = False) -> str:
+    """A DataFrame as an HTML table rendered by pandas; every cell formatted by `cell` and escaped."""
+    shown = frame.astype(object).where(frame.notna(), None).map(cell)
+    rendered = shown.to_html(index=index, header=header, escape=True, border=0, na_rep="\u2014")
+    return re.sub(r">\s+<", "><", rendered)  # pandas indents every tag; a page of tables stays small
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Rows under a header, as a pandas-rendered HTML table."""
+    return frame_table(pd.DataFrame(list(rows), columns=list(header), dtype=object))
 
 
 def key_values(pairs: Iterable[tuple[str, object]]) -> str:
-    """A two-column table of label -> value."""
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{fmt(v)}</td></tr>" for k, v in pairs)
-    return f"<table><tbody>{rows}</tbody></table>"
+    """A two-column table of label -> value (labels as row headers)."""
+    pairs = list(pairs)
+    frame = pd.DataFrame({"value": [v for _, v in pairs]}, index=[k for k, _ in pairs], dtype=object)
+    return frame_table(frame, header=False, index=True)
 
 
 def banner(text: str, kind: str = "warn") -> str:
@@ -95,47 +104,67 @@ def empty(text: str) -> str:
 
 
 class Page:
-    """Collects sections, then renders one HTML document with plotly.js inlined exactly once."""
+    """Collects sections, then renders one HTML document that loads plotly.js from a file beside it."""
 
     def __init__(self, title: str, subtitle: str = "") -> None:
         self.title = title
         self.subtitle = subtitle
         self._sections: list[tuple[str, str, str]] = []
-        self._plotly_included = False
+        self.has_figures = False
 
     def figure(self, fig: go.Figure, div_id: str) -> str:
-        """The figure as an HTML fragment; the first one carries plotly.js."""
-        fragment = fig.to_html(
-            full_html=False,
-            include_plotlyjs=not self._plotly_included,
-            div_id=div_id,
-            config=_PLOT_CONFIG,
-        )
-        self._plotly_included = True
+        """The figure as an HTML fragment; plotly.js itself is loaded once, in the head (see `write_page`)."""
+        fragment = fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=_PLOT_CONFIG)
+        self.has_figures = True
         return f'<div class="chart">{fragment}</div>'
 
     def section(self, section_id: str, heading: str, *parts: str) -> None:
         """Add a section; `parts` are HTML fragments already escaped by the helpers above."""
         self._sections.append((section_id, heading, "\n".join(parts)))
 
-    def render(self) -> str:
+    def render(self, plotly_src: str = PLOTLY_JS) -> str:
+        """The document; `plotly_src` is plotly.js's path relative to the page (only used with figures)."""
         nav = " ".join(f'<a href="#{esc(sid)}">{esc(heading)}</a>' for sid, heading, _ in self._sections)
         body = "\n".join(
             f'<section id="{esc(sid)}"><h2>{esc(heading)}</h2>\n{content}\n</section>'
             for sid, heading, content in self._sections
         )
         subtitle = f'<p class="subtitle">{esc(self.subtitle)}</p>' if self.subtitle else ""
+        script = f'<script src="{esc(plotly_src)}" charset="utf-8"></script>' if self.has_figures else ""
         return (
             "<!DOCTYPE html>\n"
             '<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(self.title)}</title><style>{_CSS}</style></head>\n"
+            f"<title>{esc(self.title)}</title><style>{_CSS}</style>{script}</head>\n"
             f"<body><h1>{esc(self.title)}</h1>{subtitle}<nav>{nav}</nav>\n{body}\n</body></html>\n"
         )
 
 
+def write_page(uri: str, page: Page, *, plotly_dir: str | None = None) -> str:
+    """Write `page` to `uri`; with figures, make sure `plotly_dir` (default: the page's folder) holds
+    PLOTLY_JS and point the page at it relatively, so every report in a folder shares one copy."""
+    if not page.has_figures:
+        return write_text(uri, page.render())
+    folder = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
+    plotly_dir = (plotly_dir or folder).rstrip("/")
+    ensure_plotly_js(plotly_dir)
+    fs, page_folder = fsspec.core.url_to_fs(folder)
+    _, js_folder = fsspec.core.url_to_fs(plotly_dir)
+    relative = posixpath.relpath(posixpath.join(js_folder, PLOTLY_JS), page_folder)
+    return write_text(uri, page.render(relative))
+
+
+def ensure_plotly_js(folder: str) -> str:
+    """Write plotly.js into `folder` unless it is there already (named by version, written atomically)."""
+    uri = f"{folder.rstrip('/')}/{PLOTLY_JS}"
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        write_text(uri, plotly.offline.get_plotlyjs())
+    return uri
+
+
 def write_text(uri: str, text: str) -> str:
-    """Write the page to a local path or any fsspec URI (gs:// included) and return the URI.
+    """Write text to a local path or any fsspec URI (gs:// included) and return the URI.
 
     Atomic like the engine's files: locally a temporary file renamed over the target; on object stores one
     upload, so a reader never sees half a page."""

@@ -7,7 +7,7 @@ import json
 from detection_engine import layout
 from detection_pipeline.report import charts
 from detection_pipeline.report.gallery import build_gallery, label_name
-from detection_pipeline.report.page import Page, banner, empty, esc, key_values, table, write_text
+from detection_pipeline.report.page import Page, banner, empty, esc, key_values, table, write_page
 from detection_pipeline.report.run_data import RunData, read_run
 
 _MAX_ERROR_TEXT = 300
@@ -25,6 +25,7 @@ _VERSIONS = (
     ("Python", "python_version"),
     ("container image", "container_image"),
     ("device", "device_name"),
+    ("workload", "workload_id"),
     ("Airflow", "airflow_version"),
     ("Google provider", "google_provider_version"),
     ("Kubernetes provider", "kubernetes_provider_version"),
@@ -79,11 +80,18 @@ def build_run_report(run_prefix: str, record: dict, *, sample_images: int = 8) -
     files under `run_prefix`, so the report shows what the pods wrote.
     """
     data = read_run(run_prefix, sample_images=sample_images, shards=record.get("shards"))  # planned only
-    return write_text(layout.report_uri(run_prefix), render_run_report(data, record))
+    # plotly.js once in the output folder, beside the dashboard, shared by every run's report
+    shared = run_prefix.rstrip("/").rsplit("/", 1)[0]
+    return write_page(layout.report_uri(run_prefix), run_report_page(data, record), plotly_dir=shared)
 
 
 def render_run_report(data: RunData, record: dict) -> str:
-    """The report's HTML for data already read; no I/O except fetching the gallery's sample images."""
+    """The report's HTML for data already read (plotly.js expected beside it)."""
+    return run_report_page(data, record).render()
+
+
+def run_report_page(data: RunData, record: dict) -> Page:
+    """The report's page for data already read; no I/O except fetching the gallery's sample images."""
     page = Page(
         f"Run report: {record.get('run_id', '?')}",
         f"{record.get('model_name', '?')} / {record.get('weights_id', '?')}, run date {record.get('run_date', '?')}",
@@ -113,7 +121,7 @@ def render_run_report(data: RunData, record: dict) -> str:
     page.section("timeline", "Shards over time", *_timeline(page, data))
     page.section("classes", "Detections per class", *_classes(page, data))
     page.section("gallery", "Sample images", _gallery(data))
-    return page.render()
+    return page
 
 
 def _summary_banners(data: RunData, record: dict) -> list[str]:
@@ -177,7 +185,7 @@ def _errors(data: RunData) -> str:
         for e in data.errors
     ]
     return "<h3>Errors by reason</h3>" + table(
-        ("reason", "images", "share", "example image", "example error"), rows, numeric=(1, 2)
+        ("reason", "images", "share", "example image", "example error"), rows
     )
 
 
@@ -206,7 +214,7 @@ def _latency(page: Page, data: RunData) -> list[str]:
         ]
         header = ("shard", "images", "ok", "failed", "duration (s)", "images/s")
         header += ("batch p50 (ms)", "batch p95 (ms)", "batch max (ms)", "device", "host")
-        parts.append("<h3>Per shard</h3>" + table(header, rows, numeric=range(9)))
+        parts.append("<h3>Per shard</h3>" + table(header, rows))
     return parts
 
 

@@ -1,145 +1,189 @@
-"""Runs as points in time, grouped by version, and the latest run compared to the previous run of its model.
+"""Runs as a DataFrame, grouped by workload, and each workload's latest run checked against its own history.
 
-Pure functions of run records (schema.RUNS dicts as the warehouse's `runs()` returns them, or as JSON), so the
-dashboard's numbers are tested without a warehouse or a browser.
+Like with like: a trend or a regression check only ever compares runs of one workload (schema.RUNS
+`workload_id`: same inputs, same work settings, same hardware), the way a perf test compares one benchmark
+across SDK releases. The noise band comes from that history: median +/- NOISE_MADS x the scaled MAD of its
+last HISTORY_RUNS runs (never narrower than MIN_BAND of the median, so a perfectly steady history does not flag
+jitter). A workload with a single run is one-off: listed, not trended. Records without a workload_id (written
+before the column existed) are one-off too.
+
+Pure functions of run records (schema.RUNS dicts as the warehouse's `runs()` returns them), so the dashboard's
+numbers are tested without a browser.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+
+import pandas as pd
+
+HISTORY_RUNS = 10  # the latest run is compared with (at most) this many earlier runs of its workload
+MIN_HISTORY = 2  # fewer earlier runs than this: no noise band to judge against
+NOISE_MADS = 3.0  # the band's half-width in scaled MADs (1.4826 x MAD estimates a normal sigma)
+MIN_BAND = 0.05  # ... but never under 5% of the median
+
+METRICS: dict[str, tuple[str, bool | None]] = {  # column -> (label, worse when higher; None: never judged)
+    "images_per_s": ("images/s", False),
+    "cost_per_1000": ("cost per 1,000 images (USD)", True),
+    "wall_s": ("runtime (s)", None),  # shown, not judged: a cleared run or a cold start moves it
+}
+VERSIONS = {  # column -> label; what may change between runs of one workload
+    "torch_version": "torch",
+    "torchvision_version": "torchvision",
+    "cuda_version": "CUDA",
+    "container_image": "container",
+    "project_version": "project",
+    "weights_sha256": "weights sha256",
+}
+_RENAMES = {"cost_per_1000_images_usd": "cost_per_1000"}
 
 
 @dataclass(frozen=True)
-class RunPoint:
-    run_id: str
-    run_type: str
-    when: datetime  # the run's logical date (else run date): the charts' x axis
-    executed: datetime  # when the run actually ran: orders "latest" and "previous", so backfills count as new
-    model_version: str  # model_name / weights_id
-    sdk_version: str  # torch, torchvision and container image
-    processed: int | None
-    images_per_s: float | None
-    cost_per_1000: float | None
-    wall_s: float | None
+class Check:
+    """One metric of a workload's latest run against the band of its history."""
 
-
-@dataclass(frozen=True)
-class Change:
-    key: str  # the RunPoint attribute compared
-    metric: str  # its label
-    previous: float | None
+    metric: str
+    label: str
     latest: float | None
-    relative: float | None  # (latest - previous) / previous
+    median: float | None
+    band: float | None  # half-width around the median
+    relative: float | None  # (latest - median) / median
     regressed: bool
 
 
 @dataclass(frozen=True)
-class Comparison:
-    latest: RunPoint
-    previous: RunPoint | None  # the run of the same model version executed just before, if any
-    changes: list[Change]
-    threshold: float
+class WorkloadCheck:
+    workload_id: str
+    label: str
+    latest_run: str
+    history_runs: int
+    checks: list[Check]
+    version_changes: list[str]  # "torch 2.14.1 -> 2.15.0": the latest run's versions vs its history's
 
     @property
     def regressed(self) -> bool:
-        return any(c.regressed for c in self.changes)
+        return any(c.regressed for c in self.checks)
 
 
-def to_datetime(value: object) -> datetime | None:
-    """A timestamp or date from DuckDB, BigQuery or JSON, as an aware UTC datetime."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    raise ValueError(f"not a date or timestamp: {value!r}")
+def _utc(column: pd.Series) -> pd.Series:
+    return pd.to_datetime(column, utc=True, errors="raise", format="mixed")
 
 
-def model_version(record: dict) -> str:
-    return f"{record.get('model_name') or '?'} / {record.get('weights_id') or '?'}"
+def runs_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per run, in the order the runs were executed, with the columns the dashboard needs."""
+    frame = pd.DataFrame.from_records(records).rename(columns=_RENAMES)
+    if frame.empty:
+        return frame
+    for column in ("run_type", "model_name", "weights_id", "workload_id", "started_at", "recorded_at"):
+        if column not in frame:
+            frame[column] = None
+    for column in (*METRICS, *VERSIONS, "processed", "machine_type", "gpu_type", "gpu_count"):
+        if column not in frame:
+            frame[column] = None
+    when = _utc(frame.get("logical_date", pd.Series(None, index=frame.index)))
+    when = when.fillna(_utc(frame.get("run_date", pd.Series(None, index=frame.index))))
+    if when.isna().any():
+        missing = frame.loc[when.isna(), "run_id"].tolist()
+        raise ValueError(f"runs {missing} have neither logical_date nor run_date")
+    frame["when"] = when  # the charts' x axis
+    # "latest" is the last executed, so a backfill of an old date counts as new
+    frame["executed"] = _utc(frame["started_at"]).fillna(_utc(frame["recorded_at"])).fillna(when)
+    frame["model_version"] = frame["model_name"].fillna("?") + " / " + frame["weights_id"].fillna("?")
+    frame["sdk_version"] = (
+        "torch "
+        + frame["torch_version"].fillna("?")
+        + " / torchvision "
+        + frame["torchvision_version"].fillna("?")
+        + frame["container_image"].map(lambda image: f" / {image}" if image else "")
+    )
+    frame["workload"] = frame["workload_id"].where(frame["workload_id"].notna(), "run:" + frame["run_id"])
+    for column in METRICS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame.sort_values(["executed", "when", "run_id"], kind="stable").reset_index(drop=True)
 
 
-def sdk_version(record: dict) -> str:
-    parts = [
-        f"torch {record.get('torch_version') or '?'}",
-        f"torchvision {record.get('torchvision_version') or '?'}",
-    ]
-    if record.get("container_image"):
-        parts.append(str(record["container_image"]))
-    return " / ".join(parts)
+def workload_label(runs: pd.DataFrame) -> str:
+    """What a workload is, for people: its model, inputs and hardware (from its latest run)."""
+    last = runs.iloc[-1]
+    gpus = f", {last['gpu_count']} x {last['gpu_type']}" if last.get("gpu_type") else ""
+    images = f"{int(last['processed']):,} images" if pd.notna(last.get("processed")) else "? images"
+    return f"{last['model_version']}, {images}, {last.get('machine_type') or '?'}{gpus}"
 
 
-def _float(value: object) -> float | None:
-    return None if value is None else float(value)
+def split_workloads(frame: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Trended workloads (two runs or more; most recently run first) and the one-off runs."""
+    if frame.empty:
+        return {}, frame
+    sizes = frame.groupby("workload")["run_id"].transform("size")
+    trended = frame[sizes > 1]
+    order = trended.groupby("workload")["executed"].max().sort_values(ascending=False).index
+    return {w: trended[trended["workload"] == w] for w in order}, frame[sizes == 1]
 
 
-def to_point(record: dict) -> RunPoint:
-    run_id = record.get("run_id") or "?"
-    when = to_datetime(record.get("logical_date")) or to_datetime(record.get("run_date"))
-    if when is None:
-        raise ValueError(f"run {run_id!r} has neither logical_date nor run_date")
-    executed = to_datetime(record.get("started_at")) or to_datetime(record.get("recorded_at")) or when
-    return RunPoint(
-        run_id=str(run_id),
-        run_type=str(record.get("run_type") or ""),
-        when=when,
-        executed=executed,
-        model_version=model_version(record),
-        sdk_version=sdk_version(record),
-        processed=record.get("processed"),
-        images_per_s=_float(record.get("images_per_s")),
-        cost_per_1000=_float(record.get("cost_per_1000_images_usd")),
-        wall_s=_float(record.get("wall_s")),
+def check_workload(runs: pd.DataFrame, *, history_runs: int = HISTORY_RUNS) -> WorkloadCheck:
+    """The workload's latest executed run vs the median and MAD of up to `history_runs` runs before it."""
+    latest, history = runs.iloc[-1], runs.iloc[:-1].tail(history_runs)
+    checks = [_check(column, history[column], latest[column]) for column in METRICS]
+    return WorkloadCheck(
+        workload_id=str(latest["workload"]),
+        label=workload_label(runs),
+        latest_run=str(latest["run_id"]),
+        history_runs=len(history),
+        checks=checks,
+        version_changes=_version_changes(history, latest),
     )
 
 
-def to_points(records: list[dict]) -> list[RunPoint]:
-    """One point per run, in the order the runs were executed."""
-    return sorted((to_point(r) for r in records), key=lambda p: (p.executed, p.when, p.run_id))
-
-
-def _change(
-    key: str,
-    metric: str,
-    previous: RunPoint,
-    latest: RunPoint,
-    worse_if_higher: bool | None,
-    threshold: float,
-) -> Change:
-    """`worse_if_higher`: True for a cost, False for a speed, None for a number shown but never judged."""
-    before, after = getattr(previous, key), getattr(latest, key)
-    if before is None or after is None or before == 0:
-        return Change(key, metric, before, after, None, False)
-    relative = (after - before) / before
+def _check(column: str, history: pd.Series, latest: object) -> Check:
+    label, worse_if_higher = METRICS[column]
+    values = history.dropna()
+    if pd.isna(latest) or len(values) < MIN_HISTORY:
+        return Check(column, label, None if pd.isna(latest) else float(latest), None, None, None, False)
+    median = float(values.median())
+    mad = float((values - median).abs().median()) * 1.4826
+    band = max(NOISE_MADS * mad, MIN_BAND * abs(median))
+    latest = float(latest)
+    relative = (latest - median) / median if median else None
     if worse_if_higher is None:
         regressed = False
+    elif worse_if_higher:
+        regressed = latest > median + band
     else:
-        regressed = relative > threshold if worse_if_higher else relative < -threshold
-    return Change(key, metric, before, after, relative, regressed)
+        regressed = latest < median - band
+    return Check(column, label, latest, median, band, relative, regressed)
 
 
-def compare_latest(points: list[RunPoint], threshold: float) -> Comparison | None:
-    """The last executed run against the run of the same model version executed before it.
+def _version_changes(history: pd.DataFrame, latest: pd.Series) -> list[str]:
+    """Each version the latest run differs in from its history's most frequent (latest-first on ties)."""
+    changes = []
+    for column, label in VERSIONS.items():
+        before = history[column].dropna()
+        if before.empty or pd.isna(latest[column]):
+            continue
+        usual = before.iloc[::-1].value_counts(sort=True).index[0]
+        if latest[column] != usual:
+            changes.append(f"{label} {usual} -> {latest[column]}")
+    return changes
 
-    Regressed when images/s fell, or cost per 1,000 images rose, by more than `threshold` (0.10 = 10%).
-    Runtime is shown but never judged: it depends on how many images a run had.
-    """
-    if threshold < 0:
-        raise ValueError(f"regression threshold must be >= 0, got {threshold}")
-    if not points:
-        return None
-    latest = points[-1]
-    earlier = [p for p in points[:-1] if p.model_version == latest.model_version]
-    previous = earlier[-1] if earlier else None
-    if previous is None:
-        return Comparison(latest, None, [], threshold)
-    changes = [
-        _change("images_per_s", "images/s", previous, latest, False, threshold),
-        _change("cost_per_1000", "cost per 1,000 images (USD)", previous, latest, True, threshold),
-        _change("wall_s", "runtime (s)", previous, latest, None, threshold),
+
+def checks_frame(checks: list[WorkloadCheck]) -> pd.DataFrame:
+    """The regression checks as a table: one row per workload and judged metric."""
+    rows = [
+        {
+            "workload": c.label,
+            "latest run": c.latest_run,
+            "metric": m.label,
+            "latest": m.latest,
+            "history median": m.median,
+            "noise band (+/-)": m.band,
+            "change": None if m.relative is None else f"{100 * m.relative:+.1f}%",
+            "verdict": "REGRESSED"
+            if m.regressed
+            else ("ok" if m.median is not None else "too little history"),
+            "versions changed": "; ".join(c.version_changes) or "none",
+        }
+        for c in checks
+        for m in c.checks
+        if METRICS[m.metric][1] is not None
     ]
-    return Comparison(latest, previous, changes, threshold)
+    return pd.DataFrame(rows)
