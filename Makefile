@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 REQS   := requirements.txt inference_image/requirements.txt requirements-dev.txt
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo airflow test lint format clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): $(REQS) inference_image/pyproject.toml
 demo: install
 	$(BIN)/python scripts/demo.py $(ARGS)
 
+# Airflow's services on this machine as docker-compose.yaml runs them (PostgreSQL, api-server, scheduler,
+# dag-processor, triggerer; state in var/airflow): prints the UI's address, Ctrl-C stops them. ARGS="--port 8081".
+airflow: install
+	bash scripts/install_postgres.sh
+	$(BIN)/python -m scripts.local_airflow $(ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -32,6 +38,7 @@ format: install
 
 test: install lint
 	bash scripts/install_browser.sh
+	bash scripts/install_postgres.sh
 	$(BIN)/python -m pytest
 
 clean:
