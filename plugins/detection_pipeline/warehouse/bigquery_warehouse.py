@@ -116,14 +116,11 @@ def query_parameter(name: str, type_: str, value: Any) -> dict:
 
 
 def query_configuration(sql: str, parameters: list[dict]) -> dict:
-    return {
-        "query": {
-            "query": sql,
-            "useLegacySql": False,
-            "parameterMode": "NAMED",
-            "queryParameters": parameters,
-        }
-    }
+    """A standard-SQL query job; the parameter keys only when there are parameters, as the client sends them."""
+    query: dict[str, Any] = {"query": sql, "useLegacySql": False}
+    if parameters:
+        query |= {"parameterMode": "NAMED", "queryParameters": parameters}
+    return {"query": query}
 
 
 class BigQueryWarehouse(Warehouse):
@@ -431,7 +428,7 @@ WHERE run_id = @run_id"""
         )
 
     def detections_per_class(self, run_id: str) -> pa.Table:
-        sql = f"""SELECT d.label_id, ANY_VALUE(d.label) AS label, COUNT(*) AS detections,
+        sql = f"""SELECT d.label_id AS label_id, ANY_VALUE(d.label) AS label, COUNT(*) AS detections,
   COUNT(DISTINCT r.image_uri) AS images
 FROM {self.table_sql("results")} AS r, UNNEST(r.detections) AS d
 WHERE r.run_id = @run_id
