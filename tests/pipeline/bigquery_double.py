@@ -40,7 +40,9 @@ from google.api_core.exceptions import BadRequest, Conflict, NotFound
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from sqlglot import exp
+from sqlglot.dialects.bigquery import BigQuery
 from sqlglot.errors import ErrorLevel
+from sqlglot.tokens import TokenType
 
 from detection_engine import schema
 
@@ -64,12 +66,38 @@ class UnprunedPartitionError(AssertionError):
 # -- checks against the client library's model and BigQuery's grammar ----------------------------
 
 
+class NotBigQueryError(AssertionError):
+    """SQL that sqlglot's lenient BigQuery reader accepts but BigQuery itself does not."""
+
+
+# Tokens and constructs sqlglot reads in any dialect that BigQuery's grammar lacks.
+_FOREIGN_TOKENS = {TokenType.DCOLON: "'::' casts", TokenType.PLACEHOLDER: "'?' parameters (we send NAMED)"}
+
+
 def parse_bigquery(sql: str) -> exp.Expression:
-    """One statement of BigQuery SQL, parsed strictly; raises sqlglot's ParseError on anything else."""
+    """One statement of BigQuery SQL, parsed strictly; ParseError or NotBigQueryError on anything else.
+
+    sqlglot's reader is lenient (it accepts `$name`, `::`, `FILTER (WHERE ...)` under the BigQuery
+    dialect), so the tokens and nodes BigQuery lacks are refused here too.
+    """
+    for token in BigQuery().tokenize(sql):
+        if token.token_type in _FOREIGN_TOKENS:
+            raise NotBigQueryError(f"BigQuery has no {_FOREIGN_TOKENS[token.token_type]}: {sql!r}")
+        if token.token_type == TokenType.VAR and token.text.startswith("$"):
+            raise NotBigQueryError(f"BigQuery parameters are @name, not {token.text}: {sql!r}")
     statements = sqlglot.parse(sql, read="bigquery", error_level=ErrorLevel.RAISE)
     if len(statements) != 1 or statements[0] is None:
-        raise AssertionError(f"expected exactly one statement, got {len(statements)}: {sql!r}")
-    return statements[0]
+        raise NotBigQueryError(f"expected exactly one statement, got {len(statements)}: {sql!r}")
+    tree = statements[0]
+    for node in tree.walk():
+        if isinstance(node, exp.Filter):
+            raise NotBigQueryError(f"BigQuery aggregates take no FILTER clause (use COUNTIF/IF): {sql!r}")
+        if isinstance(node, exp.If) and node.args.get("false") is None:
+            raise NotBigQueryError(f"BigQuery's IF takes three arguments: {node.sql('bigquery')}")
+        if isinstance(node, exp.Insert) and isinstance(node.this, exp.Tuple):
+            if not all(isinstance(column, exp.Column) for column in node.this.expressions):
+                raise NotBigQueryError(f"not a BigQuery MERGE insert: {node.sql('bigquery')}")
+    return tree
 
 
 def _typed_copy(config_class: type, resource: dict) -> dict:
@@ -103,8 +131,22 @@ def check_job_configuration(configuration: dict) -> None:
         check_schema_field(field)
 
 
+def _typed_field(field: dict) -> bigquery.SchemaField:
+    """`field` parsed by the client, then rebuilt from its typed attributes only (unknown keys drop out)."""
+    parsed = bigquery.SchemaField.from_api_repr(field)
+    kwargs: dict[str, Any] = {
+        "mode": parsed.mode,
+        "fields": [_typed_field(f.to_api_repr()) for f in parsed.fields],
+    }
+    if parsed.description is not None:
+        kwargs["description"] = parsed.description
+    return bigquery.SchemaField(parsed.name, parsed.field_type, **kwargs)
+
+
 def check_schema_field(field: dict) -> None:
-    assert bigquery.SchemaField.from_api_repr(field).to_api_repr() == field, field
+    """Raise AssertionError unless SchemaField reproduces `field` from its typed attributes, key for key."""
+    rebuilt = _typed_field(field).to_api_repr()
+    assert rebuilt == field, f"SchemaField does not round-trip {field} (got {rebuilt})"
 
 
 def fields_from_api(fields: list[dict]) -> tuple[schema.Field, ...]:
@@ -302,7 +344,7 @@ class DuckDBBigQueryHook(BigQueryHook):
 
     def _check_prunes(self, tree: exp.Merge | exp.Delete) -> None:
         """The partition pruning contract: DML on a partitioned table pins the partitioning column."""
-        target = tree.this if isinstance(tree, exp.Merge) else tree.this
+        target = tree.this
         full = ".".join(part.name for part in (target.args["catalog"], target.args["db"], target.this))
         partitioning = self.tables.get(full, {}).get("timePartitioning")
         if not partitioning:
@@ -326,16 +368,14 @@ class DuckDBBigQueryHook(BigQueryHook):
     # -- loads -------------------------------------------------------------------------------------
 
     def _load(self, load: dict) -> dict:
-        full = self._full(load["destinationTable"])
-        uris = load["sourceUris"]
-        fields = fields_from_api(load["schema"]["fields"]) if "schema" in load else None
+        full, uris = self._full(load["destinationTable"]), load["sourceUris"]
         exists = full in self.tables
-        if not exists and load.get("createDisposition", "CREATE_IF_NEEDED") != "CREATE_IF_NEEDED":
+        if not exists and load.get("createDisposition", "CREATE_IF_NEEDED") == "CREATE_NEVER":
             raise BigQueryJobError("notFound", f"Not found: Table {full}")
-        if fields is None:
-            if not exists:
-                raise BigQueryJobError("invalid", "no schema for a new table")
-            fields = fields_from_api(self.tables[full]["schema"]["fields"])
+        if "schema" not in load and not exists:
+            raise BigQueryJobError("invalid", f"a load into the new table {full} needs a schema")
+        api_fields = load["schema"]["fields"] if "schema" in load else self.tables[full]["schema"]["fields"]
+        fields = fields_from_api(api_fields)
         source_format = load.get("sourceFormat", "CSV")
         if source_format == "PARQUET":
             repeated = [f.name for f in fields if f.mode == "REPEATED"]
@@ -343,40 +383,47 @@ class DuckDBBigQueryHook(BigQueryHook):
                 # Without list inference BigQuery reads a Parquet LIST as a record of list.element: it no
                 # longer matches a REPEATED column of the given schema.
                 raise BigQueryJobError("invalid", f"Parquet LIST columns {repeated} need enableListInference")
-            relation, params = "read_parquet($files, union_by_name = false)", {"files": uris}
         elif source_format == "NEWLINE_DELIMITED_JSON":
             self._check_json(uris, fields, load)
-            types = {
-                f.name: schema.duckdb_columns((f,)).split(" ", 1)[1].removesuffix(" NOT NULL") for f in fields
-            }
-            relation = "read_json($files, format = 'newline_delimited', columns = $columns)"
-            params = {"files": uris, "columns": types}
         else:
             raise AssertionError(f"the double does not load {source_format}")
         disposition = load.get("writeDisposition", "WRITE_APPEND")
-        resource = {
-            "tableReference": load["destinationTable"],
-            "schema": {
-                "fields": load.get("schema", {}).get("fields") or self.tables[full]["schema"]["fields"]
-            },
-        }
+        resource = {**self.tables.get(full, {}), "tableReference": load["destinationTable"]}
+        resource["schema"] = {"fields": api_fields}
+        before = self.tables.get(full)
         self.con.execute("BEGIN TRANSACTION")
         try:
             if disposition == "WRITE_TRUNCATE" or not exists:
-                self._create(full, fields, {**self.tables.get(full, {}), **resource}, replace=True)
-            elif (
-                disposition == "WRITE_EMPTY"
-                and self.con.execute(f"SELECT count(*) FROM {self._sql_name(full)}").fetchone()[0]
-            ):
+                self._create(full, fields, resource, replace=True)
+            elif disposition == "WRITE_EMPTY" and self.rows(full.rsplit(".", 1)[1]):
                 raise BigQueryJobError("duplicate", f"Table {full} is not empty")
-            (rows,) = self.con.execute(
-                f"INSERT INTO {self._sql_name(full)} BY NAME SELECT * FROM {relation}", params
-            ).fetchone()
+            rows = self._insert_files(full, source_format, uris)
             self.con.execute("COMMIT")
-        except BaseException:
+        except BaseException:  # a failed load job changes nothing, the table's metadata included
             self.con.execute("ROLLBACK")
+            if before is None:
+                self.tables.pop(full, None)
+            else:
+                self.tables[full] = before
             raise
         return {"load": {"inputFiles": str(len(uris)), "outputRows": str(rows)}}
+
+    def _insert_files(self, full: str, source_format: str, uris: list[str]) -> int:
+        """Insert the files' rows by column name; REQUIRED columns are NOT NULL, so a missing value fails."""
+        if source_format == "PARQUET":
+            relation, params = "read_parquet($files, union_by_name = false)", {"files": uris}
+        else:  # JSON values typed by the destination's columns, as BigQuery parses them against its schema
+            catalog, dataset, table = full.split(".")
+            types = self.con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = $c"
+                " AND table_schema = $d AND table_name = $t ORDER BY ordinal_position",
+                {"c": catalog, "d": dataset, "t": table},
+            ).fetchall()
+            relation = "read_json($files, format = 'newline_delimited', columns = $columns)"
+            params = {"files": uris, "columns": dict(types)}
+        sql = f"INSERT INTO {self._sql_name(full)} BY NAME SELECT * FROM {relation}"
+        (rows,) = self.con.execute(sql, params).fetchone()
+        return rows
 
     @staticmethod
     def _check_json(uris: list[str], fields: tuple[schema.Field, ...], load: dict) -> None:
