@@ -1,10 +1,11 @@
-"""The BigQuery warehouse, through the real Google provider hook with BigQuery's server replaced.
+"""The BigQuery warehouse's job protocol, through the real Google provider hook with BigQuery's server replaced.
 
-No BigQuery emulator exists, so `RecordingHook` (a real BigQueryHook) records what the warehouse sends and
-answers like the API: jobs are real google-cloud-bigquery job objects built from the sent configuration
-(so a malformed configuration fails to parse), a job id sent twice raises 409 Conflict, a failed job raises
-what `job.result()` raises. Tests assert on the exact configurations and ids. File generations come from the
-real gcp-storage-emulator where a test needs them.
+`RecordingHook` (a real BigQueryHook) records what the warehouse sends and answers like the API: jobs are
+real google-cloud-bigquery job objects built from the sent configuration, each configuration checked against
+the client's model and each statement parsed as BigQuery SQL (`bigquery_double`), a job id sent twice raises
+409 Conflict, a failed job raises what `job.result()` raises. These tests pin ids, retries and the exact
+configurations; what the statements DO is the contract suite's job (`test_warehouse_contract.py`, which runs
+them on DuckDB). File generations come from the real gcp-storage-emulator where a test needs them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from google.cloud import bigquery
 from detection_engine import layout, schema
 from detection_pipeline.warehouse import WarehouseError, open_warehouse
 from detection_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, gcs_generations
+from tests.pipeline.bigquery_double import check_job_configuration, parse_bigquery
 from tests.pipeline.shard_files import run_record, write_run
 
 PROJECT, DATASET = "test-project", "detections"
@@ -65,6 +67,9 @@ class RecordingHook(BigQueryHook):
         job_id, config = kwargs["job_id"], kwargs["configuration"]
         if job_id in self.jobs:
             raise Conflict(f"Already Exists: Job {PROJECT}:US.{job_id}")
+        check_job_configuration(config)
+        if "query" in config:
+            parse_bigquery(config["query"]["query"])
         resource = {
             "jobReference": {
                 "jobId": job_id,
@@ -423,7 +428,7 @@ def test_a_failing_job_fails_the_load_and_the_retry_moves_on(warehouse, hook):
 def test_a_job_that_keeps_failing_ends_with_a_clear_error(warehouse, hook):
     from detection_pipeline.warehouse import bigquery_warehouse
 
-    config = {"query": {"query": "MERGE x", "useLegacySql": False}}
+    config = {"query": {"query": "DELETE FROM `p.d.t` WHERE TRUE", "useLegacySql": False}}
     for suffix in ["", *(f"_r{i}" for i in range(1, bigquery_warehouse.MAX_JOB_ATTEMPTS))]:
         hook.failing.add(f"detect_x{suffix}")
         with pytest.raises(InternalServerError):
