@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import duckdb
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -45,6 +46,7 @@ class Backend:
     refused: type[Exception]  # what a load that must not happen raises (see the module docstring)
     rows: Callable[..., list[dict]]  # rows(table, where, params): a table's raw rows
     old_table: Callable[[str, tuple[schema.Field, ...], list[dict]], None]  # a table of an older schema
+    hook: DuckDBBigQueryHook | None = None  # BigQuery's server, for what a test asks of it directly
 
     def prefix(self, run_id: str = RUN) -> str:
         return layout.run_prefix(f"{self.base}/out", run_id)
@@ -83,9 +85,7 @@ def _bigquery_backend(gcs_bucket, monkeypatch) -> Backend:
         hook.con.register("old", pa.Table.from_pylist(records, schema=schema.arrow_schema(fields)))
         hook.con.execute(f'INSERT INTO "{PROJECT}"."{DATASET}"."{table}" SELECT * FROM old')
 
-    backend = Backend("bigquery", warehouse, gcs_bucket, BadRequest, hook.rows, old_table)
-    backend.hook = hook
-    return backend
+    return Backend("bigquery", warehouse, gcs_bucket, BadRequest, hook.rows, old_table, hook)
 
 
 @pytest.fixture(params=["duckdb", "bigquery"])
@@ -108,8 +108,6 @@ def _results(backend: Backend, run_id: str) -> list[dict]:
 
 
 def _read_results(uris: list[str]) -> list[dict]:
-    import fsspec
-
     rows = []
     for uri in uris:
         with fsspec.open(uri, "rb") as f:
@@ -129,8 +127,8 @@ def test_ensure_tables_is_idempotent_and_empty(backend):
 
 def test_ensure_tables_appends_the_nullable_columns_the_schema_gained(fresh):
     old_fields = schema.RUNS[:-3]
-    old = normalise_record(old_fields, {k: v for k, v in _record(run_id=EARLIER).items() if k in
-                                        schema.column_names(old_fields)})  # fmt: skip
+    old_names = schema.column_names(old_fields)
+    old = normalise_record(old_fields, {k: v for k, v in _record(run_id=EARLIER).items() if k in old_names})
     fresh.old_table("runs", old_fields, [old])
 
     fresh.warehouse.ensure_tables()
@@ -140,7 +138,8 @@ def test_ensure_tables_appends_the_nullable_columns_the_schema_gained(fresh):
     assert list(earlier) == schema.column_names(schema.RUNS)
     assert [earlier[f.name] for f in schema.RUNS[-3:]] == [None, None, None]  # old rows read NULL
     assert earlier["ok"] == old["ok"] and earlier["run_date"] == old["run_date"]
-    newest = {f.name: f"new {f.name}" if f.type == "STRING" else 3 for f in schema.RUNS[-3:]}
+    sample = {"STRING": "new", "INT64": 3, "FLOAT64": 0.5, "BOOL": True, "DATE": date(2026, 11, 21)}
+    newest = {f.name: sample[f.type] for f in schema.RUNS[-3:]}
     fresh.warehouse.write_run_record(_record(**newest))
     assert {k: fresh.warehouse.run_record(RUN)[k] for k in newest} == newest
     assert fresh.warehouse.run_counts(EARLIER)["run_records"] == 1
@@ -161,8 +160,6 @@ def test_a_first_load_loads_every_row_with_its_detections(backend):
 
     metrics_rows = backend.warehouse.shard_metrics(RUN).to_pylist()
     assert [m["shard_index"] for m in metrics_rows] == [0, 1]
-    import fsspec
-
     with fsspec.open(metrics[1], "r") as f:
         expected = json.loads(f.read())
     assert metrics_rows[1]["finished_at"] == datetime.fromisoformat(expected["finished_at"])
@@ -224,6 +221,24 @@ def reload_with_fewer_shards(backend: Backend) -> None:
 
 def test_a_reload_with_fewer_shards_replaces_only_its_own_slice(backend):
     reload_with_fewer_shards(backend)
+
+
+def test_a_run_id_reloaded_under_another_run_date_keeps_one_copy_of_its_rows(backend, request):
+    if backend.name == "bigquery":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="known divergence: BigQuery's MERGE deletes only the run's (run_id, run_date) partition "
+                "so that it prunes; a run id loaded again under another date keeps its earlier rows (verify then "
+                "fails the run on duplicate URIs). DuckDB deletes the run id's rows of every date.",
+            )
+        )
+    earlier, earlier_metrics = write_run(backend.prefix(), RUN, [3], run_date=date(2026, 11, 20))
+    backend.warehouse.load_run(RUN, "2026-11-20", earlier, earlier_metrics)
+    results, metrics = write_run(backend.prefix(), RUN, [3])
+    backend.warehouse.load_run(RUN, "2026-11-21", results, metrics)
+    counts = backend.warehouse.run_counts(RUN)
+    assert (counts["rows"], counts["duplicate_uri_rows"], counts["shard_metrics_rows"]) == (3, 0, 1)
 
 
 def test_a_shard_row_of_another_run_or_date_aborts_the_load_and_keeps_the_previous_rows(backend):
@@ -404,8 +419,10 @@ def test_every_statement_the_bigquery_warehouse_sent_is_bigquery_sql(bigquery):
     from tests.pipeline.bigquery_double import parse_bigquery
 
     reload_with_fewer_shards(bigquery)
+    bigquery.warehouse.load_run(OTHER, "2026-11-21", [], [])
     bigquery.warehouse.write_run_record(_record())
     bigquery.warehouse.processed_uris(MODEL, WEIGHTS, exclude_run_id=RUN)
     test_report_aggregates(bigquery)
     kinds = {type(parse_bigquery(sql)).__name__ for sql in bigquery.hook.statements}
-    assert kinds == {"Merge", "Select", "Union"}
+    # Tables are created and widened through the tables API (create_table, update_table), not DDL.
+    assert kinds == {"Merge", "Delete", "Select", "Union"}
