@@ -250,6 +250,10 @@ class DuckDBBigQueryHook(BigQueryHook):
         resource["schema"] = {"fields": new}
         return bigquery.Table.from_api_repr(resource).to_api_repr()
 
+    def table_exists(self, **kwargs):
+        self._check_call("table_exists", kwargs)
+        return f"{kwargs['project_id']}.{kwargs['dataset_id']}.{kwargs['table_id']}" in self.tables
+
     def delete_table(self, **kwargs):
         self._check_call("delete_table", kwargs)
         full = kwargs["table_id"]

@@ -53,6 +53,7 @@ class RecordingHook(BigQueryHook):
         self.failing: set[str] = set()  # job ids that fail when first run
         self.query_results: list[pa.Table] = []
         self.inserted_rows = 0  # what a MERGE reports in its DML statistics
+        self.staged: set[str] = set()  # staging tables loaded and not dropped yet
 
     @staticmethod
     def _no_network(*args, **kwargs):
@@ -91,6 +92,8 @@ class RecordingHook(BigQueryHook):
         else:
             job = bigquery.LoadJob.from_api_repr(resource, self.client)
             assert job.source_uris == config["load"]["sourceUris"]
+            if not job.error_result:
+                self.staged.add(job.destination.table_id)
         self.jobs[job_id] = job
         if job.error_result:
             job.result()  # raises what the hook's own job.result() raises for a failed job
@@ -110,8 +113,13 @@ class RecordingHook(BigQueryHook):
         self.tables[kwargs["table_id"]]["schema"] = kwargs["table_resource"]["schema"]
         return kwargs["table_resource"]
 
+    def table_exists(self, **kwargs):
+        self._record("table_exists", kwargs)
+        return kwargs["table_id"] in self.staged
+
     def delete_table(self, **kwargs):
         self._record("delete_table", kwargs)
+        self.staged.discard(kwargs["table_id"].rsplit(".", 1)[-1])
 
     def sent(self, name: str = "insert_job") -> list[dict]:
         return [kwargs for method, kwargs in self.calls if method == name]
@@ -258,7 +266,12 @@ def test_load_run_stages_merges_and_drops_with_exact_configurations(warehouse, h
     stats = warehouse.load_run(RUN_ID, "2026-11-21", RESULTS_URIS, METRICS_URIS)
 
     assert (stats.results_files, stats.results_rows, stats.shard_metrics_rows) == (2, 7, 7)
-    assert [name for name, _ in hook.calls] == ["insert_job", "insert_job", "delete_table"] * 2
+    assert [name for name, _ in hook.calls] == [
+        "insert_job",
+        "table_exists",
+        "insert_job",
+        "delete_table",
+    ] * 2
     load_results, merge_results, load_metrics, merge_metrics = hook.sent()
     ids = _job_ids(hook)
     digest = ids[0].removeprefix("detect_load_results_")
@@ -356,7 +369,8 @@ def test_retried_load_reuses_ids_and_runs_nothing_twice(warehouse, hook):
     hook.inserted_rows = 5
     warehouse.load_run(RUN_ID, "2026-11-21", RESULTS_URIS, METRICS_URIS)
     first_ids = _job_ids(hook)
-    hook.calls.clear()
+    hook.staged |= {f"staging_{i.removeprefix('detect_load_')}" for i in first_ids if "_load_" in i}
+    hook.calls.clear()  # the first attempt died before it dropped its staging tables; the task is retried
 
     hook.inserted_rows = 999  # a job run again would report this; the existing MERGE's statistics say 5
     stats = warehouse.load_run(RUN_ID, "2026-11-21", list(reversed(RESULTS_URIS)), METRICS_URIS)
@@ -367,6 +381,20 @@ def test_retried_load_reuses_ids_and_runs_nothing_twice(warehouse, hook):
     ] == first_ids  # each 409 answered by a look-up
     assert len(hook.jobs) == 4  # no job ran twice
     assert stats.results_rows == 5
+
+
+def test_a_finished_load_sent_again_runs_again_under_fresh_ids(warehouse, hook):
+    """Its staging table is gone, so the slice may have changed since (an empty re-plan, other files)."""
+    warehouse.load_run(RUN_ID, "2026-11-21", RESULTS_URIS, METRICS_URIS)
+    first_ids = _job_ids(hook)
+    hook.calls.clear()
+    warehouse.load_run(RUN_ID, "2026-11-21", RESULTS_URIS, METRICS_URIS)
+    again = _job_ids(hook)
+    load, rerun_load, merge = again[:3]
+    assert load == first_ids[0]  # answered 409: finished
+    assert re.fullmatch(re.escape(first_ids[0]) + r"_[0-9a-f]{12}", rerun_load)
+    assert merge == first_ids[1] + rerun_load.removeprefix(first_ids[0])
+    assert len(hook.jobs) == 4 + 4 and hook.staged == set()
 
 
 def test_job_ids_differ_across_runs_dates_datasets_and_file_versions(hook):
@@ -400,6 +428,7 @@ def test_an_earlier_failed_job_is_sent_again_under_the_next_id(warehouse, hook):
     warehouse.load_run(RUN_ID, "2026-11-21", RESULTS_URIS, METRICS_URIS)
     merge_id = _job_ids(hook)[1]
     hook.jobs[merge_id]._properties["status"]["errorResult"] = {"reason": "backendError", "message": "x"}
+    hook.staged.add(f"staging_results_{merge_id.removeprefix('detect_merge_results_')}")  # kept: MERGE failed
     hook.calls.clear()
 
     warehouse.load_run(RUN_ID, "2026-11-21", RESULTS_URIS, METRICS_URIS)

@@ -269,6 +269,16 @@ def test_an_empty_run_replaces_its_rows_with_none(backend):
     assert backend.warehouse.run_counts(OTHER)["rows"] == 2
 
 
+def test_the_same_files_loaded_again_after_another_load_replace_the_slice_again(backend):
+    results, metrics = write_run(backend.prefix(), RUN, [3, 2])
+    first = backend.warehouse.load_run(RUN, "2026-11-21", results, metrics)
+    rows = _results(backend, RUN)
+    backend.warehouse.load_run(RUN, "2026-11-21", [], [])
+    assert backend.warehouse.load_run(RUN, "2026-11-21", results, metrics) == first
+    assert _results(backend, RUN) == rows
+    assert backend.warehouse.run_counts(RUN)["shard_metrics_rows"] == 2
+
+
 def test_duplicate_uris_across_shards_are_counted_not_hidden(backend):
     prefix = backend.prefix()
     uris = ["gs://b/1.jpg", "gs://b/2.jpg", "gs://b/3.jpg"]

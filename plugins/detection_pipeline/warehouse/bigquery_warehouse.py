@@ -18,6 +18,8 @@ the table and every file's URI with its GCS generation. A retried task re-sends 
 has a new generation, hence new ids, so a re-run with new files is never mistaken for one already loaded.
 An existing job that FAILED is not final: the next id in the deterministic sequence `{id}_r1`, `{id}_r2`, ...
 is sent, so a transient failure cannot wedge the run forever.
+A replace that FINISHED (its staging table already dropped) is not final either: the run's slice may have
+changed since (an empty re-plan, another set of files), so the same files loaded again run under fresh ids.
 
 Every value in SQL is a query parameter; only identifiers (validated project, dataset and table names) are
 written into the text, because BigQuery cannot parameterise them.
@@ -305,11 +307,16 @@ class BigQueryWarehouse(Warehouse):
             self.project, self.dataset, table, run_id, run_date, [[uri, versions.get(uri)] for uri in files]
         )
         staging = f"staging_{table}_{digest}"
-        self.run_job(self.load_configuration(table, staging, files), f"{JOB_PREFIX}_load_{table}_{digest}")
-        merge = self.run_job(
-            query_configuration(self.merge_sql(table, staging), run_params),
-            f"{JOB_PREFIX}_merge_{table}_{digest}",
-        )
+        load_id, merge_id = f"{JOB_PREFIX}_load_{table}_{digest}", f"{JOB_PREFIX}_merge_{table}_{digest}"
+        load = self.load_configuration(table, staging, files)
+        self.run_job(load, load_id)
+        if not self.hook.table_exists(dataset_id=self.dataset, table_id=staging, project_id=self.project):
+            # This exact replace finished before, MERGE and drop included, and the slice may have changed
+            # since (another load of the run): run it again under fresh ids. Replacing twice adds nothing.
+            fresh = uuid.uuid4().hex[:12]
+            load_id, merge_id = f"{load_id}_{fresh}", f"{merge_id}_{fresh}"
+            self.run_job(load, load_id)
+        merge = self.run_job(query_configuration(self.merge_sql(table, staging), run_params), merge_id)
         self.hook.delete_table(
             table_id=f"{self.project}.{self.dataset}.{staging}", not_found_ok=True, project_id=self.project
         )
