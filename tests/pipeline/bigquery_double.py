@@ -168,7 +168,6 @@ class DuckDBBigQueryHook(BigQueryHook):
 
     def __init__(self, project: str, location: str = "US") -> None:
         super().__init__(gcp_conn_id="google_cloud_default", use_legacy_sql=False, location=location)
-        self.project_id_ = project
         self.client = bigquery.Client(project=project, credentials=AnonymousCredentials(), location=location)
         self.client._connection.api_request = self._no_network
         self.con = duckdb.connect()
