@@ -42,6 +42,9 @@ PRIVATE_PORTS = (
     "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
 )
 API_PORT = "AIRFLOW__API__PORT"
+# A container listens on all its interfaces and compose publishes what `ports:` says; here the api-server
+# listens on this machine's loopback only.
+LISTEN_HOST = {"AIRFLOW__API__HOST": "127.0.0.1"}
 DEFAULT_PORTS = {"postgresql": 5432, "http": 80, "https": 443}
 
 _VARIABLE = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})")
@@ -121,6 +124,7 @@ def service_environment(
         if IMAGE_HOME in value:
             raise ComposeError(f"{service}: {key} names {value!r}, a container path no volume of it mounts")
     environment.update({key: str(port) for key, port in mapping.ports.items()})
+    environment.update(LISTEN_HOST)
     environment["AIRFLOW_HOME"] = str(mapping.home(service))
     return {**base, **environment}
 

@@ -30,6 +30,8 @@ import requests
 from dotenv import dotenv_values
 
 from scripts.compose_env import (
+    API_PORT,
+    PRIVATE_PORTS,
     ComposeError,
     HostMapping,
     load,
@@ -43,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 POSTGRES_SERVICE = "postgres"
 API_SERVICE = "airflow-apiserver"
-# Taken from the host: where programs are (the venv's airflow first, as the image's PATH has its own) and locale.
+# Taken from this machine, as the image has its own; PATH too, with the venv's airflow first.
 HOST_VARIABLES = ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
 HEALTHY_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 INIT_TIMEOUT_S = 300
@@ -95,14 +97,7 @@ class Deployment:
         )
         self.postgres_port = free_port()
         overrides = {"./var": self.var_dir} if self.var_dir is not None else {}
-        ports = {"AIRFLOW__API__PORT": self.api_port, "AIRFLOW__API__HOST": "127.0.0.1"}
-        for key in (
-            "SCHEDULER_HEALTH_CHECK_SERVER_PORT",
-            "WORKER_LOG_SERVER_PORT",
-            "TRIGGER_LOG_SERVER_PORT",
-        ):
-            section = "SCHEDULER" if key.startswith("SCHEDULER") else "LOGGING"
-            ports[f"AIRFLOW__{section}__{key}"] = free_port()
+        ports = {API_PORT: self.api_port, **{setting: free_port() for setting in PRIVATE_PORTS}}
         self.mapping = HostMapping(
             state=self.state,
             addresses={

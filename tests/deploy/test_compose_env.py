@@ -69,6 +69,7 @@ def test_the_scheduler_gets_composes_environment_with_hosts_paths_and_home_mappe
     assert environment["AIRFLOW__API_AUTH__JWT_SECRET"] == VARIABLES["AIRFLOW_JWT_SECRET"]
     assert environment["AIRFLOW_HOME"] == str(tmp_path / "state/homes/airflow-scheduler")
     assert environment["PATH"] == "/usr/bin"
+    assert environment["AIRFLOW__API__HOST"] == "127.0.0.1" and environment["AIRFLOW__API__PORT"] == "18080"
 
 
 def test_each_service_has_its_own_home_and_the_same_secrets(tmp_path):
