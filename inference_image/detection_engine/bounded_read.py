@@ -18,11 +18,13 @@ details are redacted. Imports neither torch, Pillow nor Airflow, and changes no 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import threading
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from fsspec.core import split_protocol, url_to_fs
 from fsspec.spec import AbstractFileSystem
@@ -207,7 +209,14 @@ class _Budget:
         return min(CHUNK, self.max_bytes - self.read + 1)  # one byte past the cap proves it is over
 
 
-def _iter_local(path: str, budget: _Budget) -> Iterator[bytes]:
+def open_regular_file(path: str, *, max_bytes: int) -> BinaryIO:
+    """An open binary file of the local regular file at `path`, at most `max_bytes` long when opened, or
+    `ReadRefused`: for readers that need a seekable file (Parquet, CSV) rather than a stream of chunks."""
+    return os.fdopen(_open_regular(path, _Budget(max_bytes, math.inf)), "rb")
+
+
+def _open_regular(path: str, budget: _Budget) -> int:
+    """A descriptor of the regular file at `path` within the byte cap; never blocks on what it refuses."""
     try:
         info = os.stat(path)
     except OSError as exc:
@@ -219,7 +228,18 @@ def _iter_local(path: str, budget: _Budget) -> Iterator[bytes]:
     except OSError as exc:
         raise _local_error(exc) from None
     try:
-        _check_regular(os.fstat(fd).st_mode)  # the name may have been replaced since the stat
+        info = os.fstat(fd)
+        _check_regular(info.st_mode)  # the name may have been replaced since the stat
+        budget.check_size(info.st_size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _iter_local(path: str, budget: _Budget) -> Iterator[bytes]:
+    fd = _open_regular(path, budget)
+    try:
         while True:
             try:
                 chunk = os.read(fd, budget.chunk_size())
@@ -394,6 +414,7 @@ __all__ = [
     "ReadRefused",
     "bounded_filesystem",
     "iter_bounded",
+    "open_regular_file",
     "read_bounded",
     "storage_options",
 ]

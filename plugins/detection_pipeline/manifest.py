@@ -14,6 +14,9 @@ Sources (input_uri):
   kept, and one that does not decode becomes an error row for that image, never a silent drop.
   An entry that is not a usable URI (relative path, other scheme, '..', control character) fails the build,
   naming the first few, rather than being dropped: the file is the user's, and fixing it is theirs.
+  The file is read through `detection_engine.bounded_read` (regular files only, a byte cap, the run's
+  connect and read timeouts, a deadline: `FileBounds`), so a FIFO, a device, an oversize file, an endless
+  body or a silent server fails the run at once with a ManifestError instead of hanging the task.
 
 A listed name is the object's own, so it is used exactly as the store returned it, never trimmed or
 rewritten (the normalisation below is for lines of a manifest file). One that cannot be used as it is (a
@@ -40,10 +43,11 @@ import os
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import numpy as np
@@ -54,7 +58,7 @@ import pyarrow.parquet as pq
 
 from detection_engine import bounded_read, layout, schema
 from detection_engine.redaction import redact_text
-from detection_pipeline import sharding, storage, uri_columns, uris
+from detection_pipeline import settings, sharding, storage, uri_columns, uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.errors import ManifestError
 
@@ -81,15 +85,34 @@ class ManifestStats:
     rejected_examples: tuple[str, ...] = ()  # a few of them, as Python reprs (escapes, never raw bytes)
 
 
+@dataclass(frozen=True)
+class FileBounds:
+    """How much of an input manifest file is read, and for how long (DETECTION_MAX_MANIFEST_BYTES and
+    DETECTION_MANIFEST_TIMEOUT_S; the connect and read timeouts are the run config's)."""
+
+    max_bytes: int = settings.MAX_MANIFEST_BYTES
+    timeout_s: float = settings.MANIFEST_TIMEOUT_S
+
+    @classmethod
+    def from_settings(cls, deployment: settings.Settings) -> FileBounds:
+        return cls(deployment.max_manifest_bytes, deployment.manifest_timeout_s)
+
+
+DEFAULT_FILE_BOUNDS = FileBounds()
+
+
 def build_manifest(
     config: RunConfig,
     run_prefix: str,
     already_processed: Callable[[], ProcessedURIs] | None = None,
+    bounds: FileBounds = DEFAULT_FILE_BOUNDS,
 ) -> ManifestStats:
     """List, normalise, filter and deduplicate the run's input; write its manifest atomically.
 
     `already_processed` is called only for incremental runs and returns the URIs to skip (an Arrow array of
     strings or any collection of str); it is a callable so that other runs never query the warehouse.
+    A manifest file is read within `bounds`; one that cannot be (a FIFO, a device, too large, a silent or
+    endless server) is a ManifestError, which fails the run at once.
     """
     if config.incremental and already_processed is None:
         raise ValueError("an incremental run needs already_processed")
@@ -99,7 +122,7 @@ def build_manifest(
         con = _connect(scratch)
         stack.callback(con.close)
         rejected = _Rejected()
-        batches, listing = _source(config.input_uri, stack, rejected)
+        batches, listing = _source(config, bounds, stack, rejected)
         listed, not_image = _load(con, batches, listing, rejected)
         incremental = _drop_processed(con, already_processed()) if config.incremental else 0
         sorted_uris = scratch / "sorted.parquet"
@@ -135,20 +158,40 @@ class _Rejected:
 # -- sources: batches of raw URI strings ---------------------------------------------------------
 
 
-def _source(input_uri: str, stack: ExitStack, rejected: _Rejected) -> tuple[Iterator[pa.Array], bool]:
+def _source(
+    config: RunConfig, bounds: FileBounds, stack: ExitStack, rejected: _Rejected
+) -> tuple[Iterator[pa.Array], bool]:
     """Batches of the input's raw URIs, and whether they come from listing a prefix (images filtered)."""
+    input_uri = config.input_uri
     kind = uris.extension(input_uri)
     if kind not in uris.MANIFEST_EXTENSIONS:
         return _chunks(_list_prefix(input_uri, rejected)), True
-    try:
-        local = stack.enter_context(storage.local_copy(input_uri))
-    except FileNotFoundError:
-        raise ManifestError(f"input manifest {uris.redact(input_uri)} does not exist") from None
+    file = stack.enter_context(_open_manifest_file(config, bounds))
     if kind == "parquet":
-        return _read_parquet(local, input_uri), False
+        return _read_parquet(file, input_uri), False
     if kind == "csv":
-        return _chunks(_read_csv(local, input_uri)), False
-    return _chunks(_read_text(local, input_uri)), False
+        return _chunks(_read_csv(file, input_uri)), False
+    return _chunks(_read_text(file, input_uri, bounds.max_bytes)), False
+
+
+@contextmanager
+def _open_manifest_file(config: RunConfig, bounds: FileBounds) -> Iterator[BinaryIO]:
+    """The input manifest file, opened within `bounds`; ManifestError (permanent) when it cannot be."""
+    shown = uris.redact(config.input_uri)
+    try:
+        with storage.open_bounded(
+            config.input_uri,
+            max_bytes=bounds.max_bytes,
+            timeout_s=bounds.timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+        ) as file:
+            yield file
+    except bounded_read.ReadRefused as refused:
+        if refused.code == "not_found":
+            raise ManifestError(f"input manifest {shown} does not exist") from None
+        hint = " (DETECTION_MAX_MANIFEST_BYTES)" if refused.code == "too_large" else ""
+        raise ManifestError(f"cannot read input manifest {shown}: {refused.reason}{hint}") from None
 
 
 def _chunks(values: pa.Array) -> Iterator[pa.Array]:
@@ -200,9 +243,9 @@ def _uri_column(names: list[str], input_uri: str) -> str:
     )
 
 
-def _read_parquet(local: str, input_uri: str) -> Iterator[pa.Array]:
+def _read_parquet(handle: BinaryIO, input_uri: str) -> Iterator[pa.Array]:
     try:
-        file = pq.ParquetFile(local)
+        file = pq.ParquetFile(handle)
     except pa.ArrowInvalid as err:
         raise ManifestError(
             f"input manifest {uris.redact(input_uri)} is not readable Parquet: {err}"
@@ -217,18 +260,19 @@ def _read_parquet(local: str, input_uri: str) -> Iterator[pa.Array]:
         yield batch.column(0)
 
 
-def _read_csv(local: str, input_uri: str) -> pa.Array:
+def _read_csv(handle: BinaryIO, input_uri: str) -> pa.Array:
     """The URI column of a CSV: `image_uri` or `uri` by header, or the only column of a headerless file."""
-    if os.path.getsize(local) == 0:
+    if os.fstat(handle.fileno()).st_size == 0:
         return pa.array([], pa.string())
     try:
-        names = pacsv.open_csv(local).schema.names
+        names = pacsv.open_csv(handle).schema.names
+        handle.seek(0)
         if len(names) == 1 and names[0] not in URI_COLUMNS:
             read, column = pacsv.ReadOptions(column_names=["raw"]), "raw"
         else:
             read, column = pacsv.ReadOptions(), _uri_column(names, input_uri)
         table = pacsv.read_csv(
-            local,
+            handle,
             read_options=read,
             convert_options=pacsv.ConvertOptions(
                 include_columns=[column], column_types={column: pa.string()}, strings_can_be_null=False
@@ -239,9 +283,15 @@ def _read_csv(local: str, input_uri: str) -> pa.Array:
     return table.column(column).combine_chunks()
 
 
-def _read_text(local: str, input_uri: str) -> pa.Array:
+def _read_text(handle: BinaryIO, input_uri: str, max_bytes: int) -> pa.Array:
     """The lines of a UTF-8 text file, split column-wise (no Python loop over lines)."""
-    data = Path(local).read_bytes().removeprefix(b"\xef\xbb\xbf")
+    data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:  # a local file that grew after it was opened
+        raise ManifestError(
+            f"cannot read input manifest {uris.redact(input_uri)}: too_large: more than {max_bytes:,} bytes "
+            "(DETECTION_MAX_MANIFEST_BYTES)"
+        )
+    data = data.removeprefix(b"\xef\xbb\xbf")
     offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
     text = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
     try:

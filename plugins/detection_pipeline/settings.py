@@ -30,6 +30,8 @@ override every Param. The embedded default needs none of them: its defaults poin
 | DETECTION_INPUT_TIMEOUT_S | 43200 | how long a run waits for its input to land before it fails (no retry) |
 | DETECTION_WAREHOUSE_LOCK_TIMEOUT_S | 300 | how long a DuckDB load waits for another run's load before failing (retried) |
 | DETECTION_SWEEP_POLL_S | 10 | how often the model sweep checks whether its batch runs have finished |
+| DETECTION_MAX_MANIFEST_BYTES | 2147483648 | byte cap on an input manifest file (.txt/.csv/.parquet); larger fails the run |
+| DETECTION_MANIFEST_TIMEOUT_S | 900 | deadline for reading an input manifest file (its download included) |
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ SCHEDULE_PRESETS = (
     "@quarterly",
     "@yearly",
 )
+
+# A 10M-line manifest of ~100-character URIs is ~1 GB; its text is held in memory once while it is split.
+MAX_MANIFEST_BYTES = 2 << 30
+MANIFEST_TIMEOUT_S = 900
 
 _CRON_FIELD = r"[0-9A-Za-z*?/,#LW-]+"
 _CRON = re.compile(rf"^{_CRON_FIELD}(?: +{_CRON_FIELD}){{4,5}}$")
@@ -92,6 +98,8 @@ class Settings:
     input_timeout_s: int = 43200
     warehouse_lock_timeout_s: int = 300
     sweep_poll_s: int = 10
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES
+    manifest_timeout_s: int = MANIFEST_TIMEOUT_S
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
@@ -125,6 +133,12 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         input_timeout_s=read("DETECTION_INPUT_TIMEOUT_S", "43200", _integer(1, 7 * 24 * 3600)),
         warehouse_lock_timeout_s=read("DETECTION_WAREHOUSE_LOCK_TIMEOUT_S", "300", _integer(0, 24 * 3600)),
         sweep_poll_s=read("DETECTION_SWEEP_POLL_S", "10", _integer(1, 3600)),
+        max_manifest_bytes=read(
+            "DETECTION_MAX_MANIFEST_BYTES", str(MAX_MANIFEST_BYTES), _integer(1024, 1 << 40)
+        ),
+        manifest_timeout_s=read(
+            "DETECTION_MANIFEST_TIMEOUT_S", str(MANIFEST_TIMEOUT_S), _integer(1, 24 * 3600)
+        ),
     )
     input_prefix = uris.static_prefix(settings.input_uri)
     if input_prefix == settings.input_uri and uris.is_within(settings.output_uri, settings.input_uri):

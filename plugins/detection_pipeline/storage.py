@@ -13,15 +13,17 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
-from detection_engine.fetch import filesystem_for
+from detection_engine import bounded_read
+from detection_engine.fetch import ReadLimits, filesystem_for
 
-__all__ = ["atomic_local_path", "filesystem_for", "is_local", "local_copy", "write_parquet"]
+__all__ = ["atomic_local_path", "filesystem_for", "is_local", "open_bounded", "write_parquet"]
 
 _TMP_SUFFIX = ".tmp"
 # For manifests (sorted URI lists): no dictionary (every value is distinct), no statistics (nobody filters on
@@ -61,15 +63,33 @@ def write_parquet(table: pa.Table, uri: str, **options) -> None:
 
 
 @contextmanager
-def local_copy(uri: str) -> Iterator[str]:
-    """A local path with the contents of `uri`: the file itself when local, else a temporary download."""
-    fs, path = filesystem_for(uri)
+def open_bounded(
+    uri: str, *, max_bytes: int, timeout_s: float, connect_timeout_s: float, read_timeout_s: float
+) -> Iterator[BinaryIO]:
+    """A seekable binary file with the bytes at `uri`, read under `bounded_read`'s bounds, or `ReadRefused`.
+
+    A local regular file is opened in place; anything else is streamed into a temporary file first, so a
+    FIFO, a device, an oversize object, an endless body or a silent server is refused within the bounds
+    instead of blocking the task or filling its disk."""
+    limits = ReadLimits(max_bytes, connect_timeout_s, read_timeout_s, timeout_s)
+    try:
+        fs, path = filesystem_for(uri, limits)
+    except Exception as exc:  # unknown protocol, missing driver, malformed URI
+        raise bounded_read.ReadRefused("fetch_error", f"{type(exc).__name__}: {exc}") from None
     if is_local(fs):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(path)
-        yield path
+        with bounded_read.open_regular_file(path, max_bytes=max_bytes) as handle:
+            yield handle
         return
-    with tempfile.TemporaryDirectory(prefix="detection-download-") as tmp:
-        local = os.path.join(tmp, "copy" + Path(path).suffix)
-        fs.get_file(path, local)
-        yield local
+    chunks = bounded_read.iter_bounded(
+        uri,
+        max_bytes=max_bytes,
+        timeout_s=timeout_s,
+        connect_timeout_s=connect_timeout_s,
+        read_timeout_s=read_timeout_s,
+        fs=fs,
+    )
+    with tempfile.TemporaryFile(prefix="detection-download-") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+        handle.seek(0)
+        yield handle

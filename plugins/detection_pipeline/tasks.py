@@ -74,6 +74,7 @@ def validate_config() -> dict:
 def build_manifest(run: dict) -> dict:
     """List, normalise and deduplicate the inputs; write the run's manifest."""
     from detection_pipeline import manifest
+    from detection_pipeline.settings import load_settings
 
     config = _config(run)
     already_processed = None
@@ -86,7 +87,12 @@ def build_manifest(run: dict) -> dict:
             catalog.weights_id(config.model, config.weights, config.weights_sha256),
             exclude_run_id=run["run_id"],  # a re-run must not skip what its own earlier attempt did
         )
-    stats = manifest.build_manifest(config, run["run_prefix"], already_processed=already_processed)
+    stats = manifest.build_manifest(
+        config,
+        run["run_prefix"],
+        already_processed=already_processed,
+        bounds=manifest.FileBounds.from_settings(load_settings()),
+    )
     return dataclasses.asdict(stats)
 
 

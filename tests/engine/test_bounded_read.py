@@ -15,7 +15,13 @@ import time
 import fsspec
 import pytest
 
-from detection_engine.bounded_read import FETCH_CODES, ReadRefused, iter_bounded, read_bounded
+from detection_engine.bounded_read import (
+    FETCH_CODES,
+    ReadRefused,
+    iter_bounded,
+    open_regular_file,
+    read_bounded,
+)
 from tests.hostile_servers import endless_http_server, fixed_http_server, silent_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,6 +72,19 @@ def test_special_files_are_refused_without_blocking(tmp_path, special):
     else:
         uri, expected = tmp_path, "is_directory"
     assert _code(str(uri)) == expected
+    with pytest.raises(ReadRefused) as caught:
+        open_regular_file(str(uri), max_bytes=MIB)  # the seekable-file form refuses the same, the same way
+    assert caught.value.code == expected
+
+
+def test_a_regular_file_opens_seekable_within_its_cap(tmp_path):
+    path = tmp_path / "list.parquet"
+    path.write_bytes(b"PAR1" + b"x" * 100)
+    with open_regular_file(str(path), max_bytes=104) as handle:
+        handle.seek(-4, os.SEEK_END)
+        assert handle.read() == b"xxxx"
+    with pytest.raises(ReadRefused, match="too_large: 104 bytes, limit 103"):
+        open_regular_file(str(path), max_bytes=103)
 
 
 def test_missing_empty_and_unreadable_files(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +14,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from detection_engine import layout
 from detection_pipeline import manifest
 from detection_pipeline.config import RunConfig
+from detection_pipeline.errors import PermanentError
 from detection_pipeline.manifest import ManifestError, ManifestStats, build_manifest
+from detection_pipeline.settings import load_settings
 from detection_pipeline.sharding import plan_shards
+from tests.hostile_servers import endless_http_server, silent_server
 
 
 def _config(tmp_path: Path, input_uri: str | Path, **overrides) -> RunConfig:
@@ -30,9 +37,11 @@ def _config(tmp_path: Path, input_uri: str | Path, **overrides) -> RunConfig:
     return RunConfig(**values)
 
 
-def _build(config: RunConfig, already_processed=None) -> tuple[ManifestStats, pa.Table]:
+def _build(
+    config: RunConfig, already_processed=None, bounds: manifest.FileBounds = manifest.DEFAULT_FILE_BOUNDS
+) -> tuple[ManifestStats, pa.Table]:
     run_prefix = layout.run_prefix(config.output_uri, "manual__2026-11-21T00:00:00+00:00")
-    stats = build_manifest(config, run_prefix, already_processed)
+    stats = build_manifest(config, run_prefix, already_processed, bounds)
     return stats, pq.read_table(stats.manifest_uri)
 
 
@@ -396,3 +405,161 @@ def test_a_manifest_file_over_http(tmp_path, http_folder):
 
     assert table.column("image_uri").to_pylist() == ["https://cdn.example/a.jpg", "https://cdn.example/b.jpg"]
     assert stats.unique == 2
+
+
+# -- bounded reads of the manifest file --------------------------------------------------------------
+# Each runs under a timeout: a manifest read that blocks fails the test instead of hanging the suite.
+
+
+def _refused(config: RunConfig, bounds: manifest.FileBounds | None = None) -> str:
+    """The permanent error a manifest file that cannot be read within bounds fails the build with."""
+    run_prefix = layout.run_prefix(config.output_uri, "manual__2026-11-21T00:00:00+00:00")
+    with pytest.raises(ManifestError) as caught:
+        build_manifest(config, run_prefix, bounds=bounds or manifest.DEFAULT_FILE_BOUNDS)
+    assert isinstance(caught.value, PermanentError)
+    assert not Path(layout.manifest_uri(run_prefix)).exists()
+    return str(caught.value)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["list.txt", "list.csv", "list.parquet"])
+def test_a_fifo_as_the_manifest_is_refused_not_waited_on(tmp_path, name):
+    fifo = tmp_path / name
+    os.mkfifo(fifo)  # no writer: an unbounded open would block forever
+
+    assert "not_a_regular_file: a named pipe (FIFO)" in _refused(_config(tmp_path, fifo))
+
+
+@pytest.mark.timeout(30)
+def test_a_device_as_the_manifest_is_refused(tmp_path):
+    (tmp_path / "dev").mkdir()
+    link = tmp_path / "dev" / "zero.txt"
+    link.symlink_to("/dev/zero")  # endless bytes: an unbounded read fills memory
+
+    assert "not_a_regular_file: a character device" in _refused(_config(tmp_path, link))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["list.txt", "list.csv", "list.parquet"])
+def test_a_manifest_over_the_byte_cap_is_refused_before_it_is_read(tmp_path, name):
+    path = _write(tmp_path / name, "/images/a.jpg\n" * 200)
+
+    message = _refused(_config(tmp_path, path), manifest.FileBounds(max_bytes=1024))
+
+    assert "too_large: 2,800 bytes, limit 1,024" in message and "DETECTION_MAX_MANIFEST_BYTES" in message
+
+
+@pytest.mark.timeout(30)
+def test_a_manifest_at_the_byte_cap_is_read(tmp_path):
+    path = _write(tmp_path / "list.txt", "/images/a.jpg\n" * 100)
+
+    stats, _ = _build(_config(tmp_path, path), bounds=manifest.FileBounds(max_bytes=1400))
+
+    assert (stats.listed, stats.unique) == (100, 1)
+
+
+@pytest.mark.timeout(30)
+def test_a_silent_server_as_the_manifest_costs_the_read_timeout(tmp_path):
+    with silent_server() as url:
+        config = _config(tmp_path, f"{url}/list.txt?token=SECRET", connect_timeout_s=1, read_timeout_s=1)
+        message = _refused(config)
+
+    assert "timeout" in message and "SECRET" not in message
+
+
+@pytest.mark.timeout(30)
+def test_a_silent_server_is_bounded_by_the_manifest_deadline(tmp_path):
+    with silent_server() as url:
+        message = _refused(_config(tmp_path, f"{url}/list.csv"), manifest.FileBounds(timeout_s=1))
+
+    assert "timeout" in message
+
+
+@pytest.mark.timeout(30)
+def test_an_endless_body_as_the_manifest_is_cut_off_at_the_cap(tmp_path):
+    with endless_http_server(b"https://cdn.example/a.jpg\n" * 1000) as url:
+        message = _refused(_config(tmp_path, f"{url}/list.txt"), manifest.FileBounds(max_bytes=1 << 20))
+
+    assert "too_large: more than 1,048,576 bytes" in message
+
+
+@pytest.mark.timeout(30)
+def test_an_endless_body_under_a_high_cap_ends_at_the_manifest_deadline(tmp_path):
+    with endless_http_server(b"https://cdn.example/a.jpg\n" * 1000) as url:
+        message = _refused(
+            _config(tmp_path, f"{url}/list.txt"), manifest.FileBounds(max_bytes=1 << 40, timeout_s=2)
+        )
+
+    assert "timeout" in message
+
+
+@pytest.mark.timeout(30)
+def test_a_missing_manifest_over_http_says_it_does_not_exist(tmp_path, http_folder):
+    _, base = http_folder
+
+    message = _refused(_config(tmp_path, f"{base}/gone.txt?sig=SECRET"))
+
+    assert "does not exist" in message and "SECRET" not in message
+
+
+def test_the_deployment_sets_the_bounds():
+    bounds = manifest.FileBounds.from_settings(
+        load_settings({"DETECTION_MAX_MANIFEST_BYTES": "4096", "DETECTION_MANIFEST_TIMEOUT_S": "7"})
+    )
+
+    assert bounds == manifest.FileBounds(max_bytes=4096, timeout_s=7)
+    assert manifest.FileBounds.from_settings(load_settings({})) == manifest.FileBounds()
+
+
+# -- any text as a manifest file -------------------------------------------------------------------
+
+_names = st.text(alphabet="ab-_é", min_size=1, max_size=3)
+_pad = st.sampled_from(["", " ", "\t", " \t "])
+
+
+@st.composite
+def _manifest_lines(draw) -> tuple[str, str]:
+    """One line of a text manifest and what it is: image, not_image, unusable, comment or blank."""
+    kind = draw(st.sampled_from(["image", "image", "not_image", "unusable", "comment", "blank"]))
+    name = draw(_names)
+    body = {
+        "image": f"gs://b/{name}.jpg",
+        "not_image": f"gs://b/{name}.txt",
+        "unusable": draw(st.sampled_from([f"rel/{name}.jpg", f"gs://b/{name}\x01.jpg", f"/x/../{name}.png"])),
+        "comment": f"# {name}.jpg",
+        "blank": "",
+    }[kind]
+    return kind, draw(_pad) + body + draw(_pad)
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(_manifest_lines(), max_size=12),
+    st.sampled_from(["\n", "\r\n"]),
+    st.one_of(st.none(), st.integers(min_value=0)),
+)
+def test_every_line_of_a_text_manifest_is_an_entry_a_count_or_a_named_error(lines, newline, broken_at):
+    """Blank lines and comments are ignored, other extensions counted, images listed; an unusable entry or
+    bytes that are not UTF-8 fail the build with a ManifestError saying so; nothing else ever raises."""
+    data = newline.join(line for _, line in lines).encode()
+    if broken_at is not None:  # one byte that is never UTF-8, anywhere in the file
+        at = broken_at % (len(data) + 1)
+        data = data[:at] + b"\xff" + data[at:]
+    kinds = [kind for kind, _ in lines]
+    images = {line.strip() for kind, line in lines if kind == "image"}
+    with tempfile.TemporaryDirectory() as folder:
+        config = _config(Path(folder), _write(Path(folder) / "list.txt", data))
+        if broken_at is not None:
+            with pytest.raises(ManifestError, match="is not UTF-8 text"):
+                _build(config)
+        elif "unusable" in kinds:
+            with pytest.raises(
+                ManifestError, match=rf"^{kinds.count('unusable')} input URI\(s\) are not usable"
+            ):
+                _build(config)
+        else:
+            stats, table = _build(config)
+            assert (stats.listed, stats.skipped_not_image) == (kinds.count("image"), kinds.count("not_image"))
+            assert table.column("image_uri").to_pylist() == sorted(images)
+            _invariant(stats)

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from detection_engine.bounded_read import ReadRefused
 from detection_pipeline import storage
 
 
@@ -38,7 +39,11 @@ def test_gcs_writes_are_one_upload_and_copies_come_back(gcs_emulator, gcs_bucket
     storage.write_parquet(pa.table({"image_uri": ["gs://x/a.jpg"]}), uri)
 
     assert gcs_emulator.ls(f"{gcs_bucket}/runs") == [uri]
-    with storage.local_copy(uri) as local:
+    bounds = {"max_bytes": 1 << 20, "timeout_s": 30, "connect_timeout_s": 10, "read_timeout_s": 10}
+    with storage.open_bounded(uri, **bounds) as local:
         assert pq.read_table(local).column("image_uri").to_pylist() == ["gs://x/a.jpg"]
-    with pytest.raises(FileNotFoundError), storage.local_copy(f"{gcs_bucket}/runs/missing.txt"):
+    with (
+        pytest.raises(ReadRefused, match="not_found"),
+        storage.open_bounded(f"{gcs_bucket}/runs/missing.txt", **bounds),
+    ):
         pass
