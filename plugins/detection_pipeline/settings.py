@@ -107,7 +107,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     var = REPO_ROOT / "var"
     read = _Reader(env)
     launcher = read("DETECTION_LAUNCHER", "local", _one_of(LAUNCHERS))
-    # The embedded default runs on this machine: cost it at the price table's $0 "local" entry.
+    # The embedded default runs on this machine: cost it at the price table's "local" entry (a 2-vCPU VM's price).
     default_machine = "local" if launcher == "local" else "g2-standard-8"
     settings = Settings(
         launcher=launcher,

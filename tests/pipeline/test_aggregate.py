@@ -194,12 +194,14 @@ def test_shards_that_disagree_are_recorded_as_such(tmp_path):
     assert record["random_weights"] is True
 
 
-def test_cpu_shards_have_no_per_gpu_throughput_and_local_costs_nothing(tmp_path):
+def test_cpu_shards_have_no_per_gpu_throughput_and_local_costs_its_machine_price(tmp_path):
     metrics = [m | {"device": "cpu", "device_name": None, "cuda_version": None} for m in _two_gpu_shards()]
     record = _record(_config(tmp_path, machine_type="local"), metrics)
     assert record["images_per_s_per_gpu"] is None
     assert record["images_per_s"] == pytest.approx(105 / 140)
-    assert (record["estimated_cost_usd"], record["cost_per_1000_images_usd"]) == (0.0, 0.0)
+    local = load_prices().machines["local"]["usd_per_hour"]
+    assert local > 0 and record["estimated_cost_usd"] == pytest.approx(record["shard_wall_s"] / 3600 * local)
+    assert record["cost_per_1000_images_usd"] == pytest.approx(record["estimated_cost_usd"] / 105 * 1000)
     assert record["cuda_version"] is None
     assert (record["gpu_type"], record["gpu_count"], record["gpu_hours"]) == (None, 0, 0.0), "no GPU ran"
 

@@ -14,7 +14,7 @@ TABLE = PriceTable(
     machines={
         "g2-standard-8": {"usd_per_hour": 0.8, "gpu_included": True, "gpu_type": "nvidia-l4", "gpu_count": 1},
         "n1-standard-8": {"usd_per_hour": 0.4, "gpu_included": False},
-        "local": {"usd_per_hour": 0.0, "gpu_included": True},
+        "local": {"usd_per_hour": 0.07, "gpu_included": True},
     },
     gpus={"nvidia-l4": 0.5, "nvidia-tesla-t4": 0.35},
 )
@@ -39,8 +39,9 @@ def test_no_gpu_means_machine_hours_only():
         assert (estimate.gpu_hours, estimate.cost_usd) == (0.0, pytest.approx(0.8))
 
 
-def test_the_embedded_default_costs_nothing():
-    assert estimate_cost("local", "nvidia-l4", 1, [100.0, 50.0], prices=TABLE).cost_usd == 0.0
+def test_the_embedded_default_is_billed_for_its_machine_and_never_for_a_gpu():
+    estimate = estimate_cost("local", "nvidia-l4", 1, [1800.0, 1800.0], prices=TABLE)
+    assert (estimate.cost_usd, estimate.warnings) == (pytest.approx(0.07), ())
 
 
 def test_an_empty_run_costs_zero():
@@ -70,7 +71,9 @@ def test_a_configuration_that_contradicts_the_machine_is_priced_as_the_machine_w
 def test_the_shipped_price_table_is_consistent():
     prices = load_prices()
     assert prices.region == "us-central1"
-    assert prices.machines["local"] == {"usd_per_hour": 0.0, "gpu_included": True}
+    # The embedded default shows a real cost: its machine is priced like a comparable 2-vCPU cloud VM.
+    assert prices.machines["local"]["gpu_included"] is True
+    assert 0.01 < prices.machines["local"]["usd_per_hour"] < prices.machines["n1-standard-4"]["usd_per_hour"]
     for name, machine in prices.machines.items():
         accelerator_optimized = name.split("-")[0] in {"g2", "a2", "a3"}
         assert machine["gpu_included"] is (accelerator_optimized or name == "local"), name

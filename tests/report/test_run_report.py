@@ -77,6 +77,14 @@ def test_counts_errors_throughput_and_versions_are_shown(mixed_run):
     assert "All 4" not in html and "2 of 6 images failed" in html
 
 
+def test_a_cpu_runs_cost_of_a_fraction_of_a_cent_is_shown_not_rounded_to_zero(mixed_run):
+    prefix, record = mixed_run
+    cpu = record | {"machine_type": "local", "estimated_cost_usd": 0.000744, "cost_per_1000_images_usd": 0.0}
+    throughput = _read(build_run_report(prefix, cpu)).split('<section id="throughput">')[1]
+    assert "<th>estimated cost (USD)</th><td>0.00074</td>" in throughput
+    assert "<th>cost per 1,000 images (USD)</th><td>0.00</td>" in throughput  # zero stays zero
+
+
 def test_charts_carry_the_runs_numbers(mixed_run):
     html = _read(build_run_report(*mixed_run))
     classes = _figure_data(html, "chart-classes")[0]

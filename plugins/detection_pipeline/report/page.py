@@ -72,6 +72,8 @@ def cell(value: object, digits: int = 2) -> str:
     if isinstance(value, int | np.integer):
         return f"{value:,}"
     if isinstance(value, float | np.floating):
+        if value and abs(value) < 10**-digits:
+            return f"{value:.2g}"  # a small amount (a CPU run's cost) must not read as 0.00
         return f"{value:,.{digits}f}"
     return str(value)
 
