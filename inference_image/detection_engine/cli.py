@@ -4,6 +4,7 @@
     2  bad arguments or unusable input manifest
     3  the model or weights could not be loaded
     4  output could not be written
+    5  preempted: stopped cleanly on SIGTERM, finished images committed; a retry resumes where it stopped
     1  anything else (with a traceback: that is a bug or an outage, not a user error)
 
 User errors print one line on stderr and no traceback.
@@ -22,11 +23,13 @@ from detection_engine.catalog import DEFAULT_MODEL, MODELS, PRECISIONS
 from detection_engine.decode import DEFAULT_MAX_PIXELS
 from detection_engine.fetch import ManifestError, ReadLimits
 from detection_engine.models import DEVICES, DeviceError, ModelLoadError, ModelOptions
+from detection_engine.parts import CommitPolicy, Preempted
 from detection_engine.pipeline import PipelineOptions
 from detection_engine.shard import DEFAULT_SUMMARY_PATH, ShardJob, run_shard
+from detection_engine.stop_signal import StopOnSignal
 from detection_engine.writer import OutputError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_PREEMPTED = 0, 1, 2, 3, 4, 5
 PROG = "detection_engine"
 
 log = logging.getLogger(PROG)
@@ -66,6 +69,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -117,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.timeout_s,
         help="per-image deadline for fetch and decode: a read past it is one timeout error row",
     )
+    commit = CommitPolicy()
+    p.add_argument(
+        "--commit-every",
+        type=_non_negative_int,
+        default=commit.every_images,
+        help="commit finished images as a part every N images (0: not by count); a retry resumes from them",
+    )
+    p.add_argument(
+        "--commit-every-s",
+        type=_non_negative_float,
+        default=commit.every_s,
+        help="commit finished images as a part every S seconds (0: not by time)",
+    )
     p.add_argument("--summary-path", default=DEFAULT_SUMMARY_PATH)
     p.add_argument("--log-interval-s", type=_positive_float, default=30.0)
     p.add_argument("--seed", type=int, default=0, help="seeds random init for --weights none")
@@ -162,6 +185,7 @@ def parse_job(argv: Sequence[str] | None = None) -> ShardJob:
         ),
         summary_path=args.summary_path,
         log_interval_s=args.log_interval_s,
+        commit=CommitPolicy(every_images=args.commit_every, every_s=args.commit_every_s),
     )
 
 
@@ -176,7 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         job = parse_job(argv)
-        run_shard(job)
+        with StopOnSignal() as stop:
+            run_shard(job, stop)
+    except Preempted as exc:
+        return _user_error(EXIT_PREEMPTED, f"preempted: {exc}")
     except (UsageError, ManifestError, DeviceError) as exc:
         return _user_error(EXIT_USAGE, str(exc))
     except ModelLoadError as exc:

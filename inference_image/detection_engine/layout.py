@@ -4,6 +4,9 @@
 {output}/{run_id}/shards/shard-00003.parquet  the URIs one shard processes
 {output}/{run_id}/results/shard-00003.parquet one row per input image (schema.RESULTS)
 {output}/{run_id}/metrics/shard-00003.json    one object (schema.SHARD_METRICS)
+{output}/{run_id}/parts/shard-00003/          while shard 3 runs: what its attempts committed so far
+    part-a002-00005.parquet                   rows of finished images (schema.RESULTS), attempt 2's 6th part
+    attempt-002.json                          attempt 2: when it started, its wall time so far, how it stopped
 {output}/{run_id}/report.html                 the run report
 """
 
@@ -45,6 +48,23 @@ def shard_results_uri(run_prefix_: str, shard_index: int) -> str:
 
 def shard_metrics_uri(run_prefix_: str, shard_index: int) -> str:
     return join(run_prefix_, "metrics", f"{shard_name(shard_index)}.json")
+
+
+def shard_parts_prefix(run_prefix_: str, shard_index: int) -> str:
+    """The folder of a running shard's committed parts; removed once its results file is written."""
+    return join(run_prefix_, "parts", shard_name(shard_index))
+
+
+def shard_part_uri(run_prefix_: str, shard_index: int, attempt: int, part: int) -> str:
+    return join(shard_parts_prefix(run_prefix_, shard_index), f"part-a{attempt:03d}-{part:05d}.parquet")
+
+
+def shard_attempt_uri(run_prefix_: str, shard_index: int, attempt: int) -> str:
+    return join(shard_parts_prefix(run_prefix_, shard_index), f"attempt-{attempt:03d}.json")
+
+
+PART_NAME = re.compile(r"part-a(?P<attempt>\d{3,})-(?P<part>\d{5,})\.parquet")
+ATTEMPT_NAME = re.compile(r"attempt-(?P<attempt>\d{3,})\.json")
 
 
 def results_glob(run_prefix_: str) -> str:

@@ -135,9 +135,16 @@ def shard_metrics(
     finished_at: datetime,
     wall_s: float,
     gpu_utilization: float | None,
+    resumed_errors: Sequence[str | None] = (),
+    attempt: int = 1,
+    preemptions: int = 0,
+    earlier_attempts_s: float = 0.0,
 ) -> dict:
-    failed = sum(r.error is not None for r in outcome.results)
-    images = len(outcome.results)
+    """Counts cover the whole shard (`resumed_errors`: the error of each image earlier attempts committed);
+    timings, batches and images/s cover the work of this attempt."""
+    reasons = [r.error for r in outcome.results] + list(resumed_errors)
+    failed = sum(reason is not None for reason in reasons)
+    images = len(reasons)
     busy_window_s = wall_s - loaded.load_s
     metrics = {
         "run_id": run_id,
@@ -160,7 +167,7 @@ def shard_metrics(
         "batch_latency_p95_ms": latency_ms(outcome.batch_latencies_s, 95),
         "batch_latency_max_ms": latency_ms(outcome.batch_latencies_s, 100),
         # Throughput of the data path, model load excluded (wall_s and model_load_s give the rest).
-        "images_per_s": images / outcome.wall_s if outcome.wall_s > 0 else None,
+        "images_per_s": len(outcome.results) / outcome.wall_s if outcome.wall_s > 0 else None,
         **device_info(loaded.device),
         "peak_memory_mb": peak_memory_mb(loaded.device),
         "gpu_utilization": gpu_utilization,
@@ -170,7 +177,11 @@ def shard_metrics(
         "weights_id": loaded.weights_id,
         "weights_sha256": loaded.weights_sha256,
         "random_weights": loaded.random_weights,
-        "error_counts": json.dumps(error_counts(r.error for r in outcome.results)),
+        "error_counts": json.dumps(error_counts(reasons)),
+        "attempt": attempt,
+        "resumed_images": len(resumed_errors),
+        "preemptions": preemptions,
+        "earlier_attempts_s": earlier_attempts_s,
     }
     if set(metrics) != set(METRIC_KEYS):
         raise AssertionError(

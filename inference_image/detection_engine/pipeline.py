@@ -38,6 +38,10 @@ class PipelineOptions:
     read_limits: ReadLimits = field(default_factory=ReadLimits)
 
 
+class Stopped(Exception):
+    """`run_pipeline` was asked to stop (a clean stop on SIGTERM); every finished image went to `on_result`."""
+
+
 @dataclass
 class Loaded:
     """One input after fetch and decode: a host tensor ready for the model, or the reason it failed."""
@@ -232,6 +236,8 @@ def run_pipeline(
     detector: Detector,
     options: PipelineOptions,
     on_progress: Callable[[int], None] | None = None,
+    on_result: Callable[[ImageResult], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> PipelineOutcome:
     """Every URI in, exactly one `ImageResult` per URI out, in manifest order."""
     started = time.perf_counter()
@@ -245,6 +251,11 @@ def run_pipeline(
         if on_progress is not None:
             on_progress(done)
 
+    def finished(index: int, result: ImageResult) -> None:
+        results[index] = result
+        if on_result is not None:
+            on_result(result)
+
     def decoded(stream: Iterable[Loaded]) -> Iterator[Loaded]:
         for item in stream:
             refusal = detector.refusal(item.width, item.height) if item.error is None else None
@@ -252,8 +263,11 @@ def run_pipeline(
                 yield item
             else:
                 sized = {"width": item.width, "height": item.height} if refusal else {}
-                results[item.index] = ImageResult(
-                    item.uri, item.error or refusal, fetch_s=item.fetch_s, decode_s=item.decode_s, **sized
+                finished(
+                    item.index,
+                    ImageResult(
+                        item.uri, item.error or refusal, fetch_s=item.fetch_s, decode_s=item.decode_s, **sized
+                    ),
                 )
                 report(1)
 
@@ -270,10 +284,12 @@ def run_pipeline(
             outputs = detector([item.tensor for item in batch])
             latency = time.perf_counter() - batch_started
             for item, output in zip(batch, outputs, strict=True):
-                results[item.index] = _result(item, output, latency / len(batch))
+                finished(item.index, _result(item, output, latency / len(batch)))
             outcome.batches.append([item.index for item in batch])
             outcome.batch_latencies_s.append(latency)
             report(len(batch))
+            if stop is not None and stop():  # SIGTERM: take no more batches; what is finished is handed on
+                raise Stopped(f"stopped after {done} of {len(uris)} images")
 
     missing = [uris[i] for i, r in enumerate(results) if r is None]
     if missing:  # an invariant, not an input error: fail the shard rather than write a short file

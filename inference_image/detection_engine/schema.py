@@ -97,6 +97,16 @@ SHARD_METRICS: tuple[Field, ...] = (
     _f("weights_sha256", "STRING", "NULLABLE"),
     _f("random_weights", "BOOL", "REQUIRED"),
     _f("error_counts", "STRING", "NULLABLE", "JSON object: error reason -> count"),
+    # Appended: shards that commit as they go (detection_engine.parts) and resume where an attempt stopped.
+    _f("attempt", "INT64", "NULLABLE", "Which attempt finished the shard (1: the first)"),
+    _f("resumed_images", "INT64", "NULLABLE", "Images whose rows earlier attempts had committed as parts"),
+    _f("preemptions", "INT64", "NULLABLE", "Earlier attempts that stopped cleanly on SIGTERM (preempted)"),
+    _f(
+        "earlier_attempts_s",
+        "FLOAT64",
+        "NULLABLE",
+        "Pod seconds of the earlier attempts, up to each one's last commit",
+    ),
 )
 
 RUNS: tuple[Field, ...] = (
@@ -171,6 +181,16 @@ RUNS: tuple[Field, ...] = (
     # Appended: listed names that could not be used as they are (control characters, not UTF-8, ...).
     _f("rejected", "INT64", "NULLABLE", "Listed names left out because they cannot be used as they are"),
     _f("rejected_examples", "STRING", "NULLABLE", "JSON list of a few of them, as Python reprs"),
+    # Appended: spot nodes and shards that resume (detection_engine.parts).
+    _f("spot", "BOOL", "NULLABLE", "Shard pods ran on spot (preemptible) nodes, priced as such"),
+    _f("preemptions", "INT64", "NULLABLE", "Shard attempts stopped by SIGTERM (node reclaimed) and resumed"),
+    _f("resumed_images", "INT64", "NULLABLE", "Images an unfinished attempt had committed: not redone"),
+    _f(
+        "redone_s",
+        "FLOAT64",
+        "NULLABLE",
+        "Pod seconds of shard attempts that did not finish (up to their last commit); in the cost",
+    ),
 )
 
 # The run's manifest ({run}/manifest.parquet, sorted by image_uri) and each shard's ({run}/shards/*.parquet,

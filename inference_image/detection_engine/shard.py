@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
 from detection_engine import layout
@@ -16,7 +17,8 @@ from detection_engine.fetch import read_shard_manifest
 from detection_engine.inference import Detector
 from detection_engine.metrics import UtilizationSampler, shard_metrics
 from detection_engine.models import ModelOptions, load_model
-from detection_engine.pipeline import PipelineOptions, run_pipeline
+from detection_engine.parts import CommitPolicy, ShardResume
+from detection_engine.pipeline import PipelineOptions, Stopped, run_pipeline
 from detection_engine.progress import Progress
 from detection_engine.writer import RowContext, json_bytes, parquet_bytes, results_table, write_atomic
 
@@ -36,6 +38,7 @@ class ShardJob:
     pipeline: PipelineOptions
     summary_path: str = DEFAULT_SUMMARY_PATH
     log_interval_s: float = 30.0
+    commit: CommitPolicy = CommitPolicy()  # parts: what a killed or preempted attempt keeps
 
 
 def read_manifest(uri: str) -> list[str]:
@@ -49,8 +52,13 @@ def read_manifest(uri: str) -> list[str]:
     return unique
 
 
-def run_shard(job: ShardJob) -> dict:
-    """Process the shard and return the summary written to `job.summary_path`."""
+def run_shard(job: ShardJob, stop: Callable[[], bool] | None = None) -> dict:
+    """Process the shard and return the summary written to `job.summary_path`.
+
+    Finished images are committed as parts as it goes (`job.commit`, parts.py) and an attempt runs only what
+    earlier attempts did not commit; when `stop()` turns true (SIGTERM) it takes no more batches, commits what
+    is finished and raises parts.Preempted.
+    """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     uris = read_manifest(job.manifest)
@@ -68,15 +76,6 @@ def run_shard(job: ShardJob) -> dict:
     detector = Detector(
         loaded.model, loaded.device, loaded.precision, job.model.score_threshold, job.model.max_detections
     )
-    progress = Progress(job.shard_index, len(uris), job.log_interval_s)
-    with UtilizationSampler(loaded.device) as utilization:
-        outcome = run_pipeline(uris, detector, job.pipeline, progress.update)
-    progress.finish()
-    finished_at = datetime.now(UTC)
-    wall_s = time.perf_counter() - started
-
-    results_uri = layout.shard_results_uri(job.output_prefix, job.shard_index)
-    metrics_uri = layout.shard_metrics_uri(job.output_prefix, job.shard_index)
     context = RowContext(
         run_id=job.run_id,
         run_date=job.run_date,
@@ -84,9 +83,27 @@ def run_shard(job: ShardJob) -> dict:
         model_name=loaded.spec.name,
         weights_id=loaded.weights_id,
         random_weights=loaded.random_weights,
-        processed_at=finished_at,
+        processed_at=started_at,
         categories=loaded.categories,
     )
+    resume = ShardResume.start(
+        job.output_prefix, uris, context, job.commit, started=started, started_at=started_at
+    )
+    progress = Progress(job.shard_index, len(resume.remaining), job.log_interval_s)
+    with UtilizationSampler(loaded.device) as utilization:
+        try:
+            outcome = run_pipeline(
+                resume.remaining, detector, job.pipeline, progress.update, resume.add, stop
+            )
+        except Stopped:
+            raise resume.preempted() from None
+    progress.finish()
+    finished_at = datetime.now(UTC)
+    wall_s = time.perf_counter() - started
+
+    results_uri = layout.shard_results_uri(job.output_prefix, job.shard_index)
+    metrics_uri = layout.shard_metrics_uri(job.output_prefix, job.shard_index)
+    context = replace(context, processed_at=finished_at)
     metrics = shard_metrics(
         run_id=job.run_id,
         run_date=job.run_date,
@@ -98,9 +115,11 @@ def run_shard(job: ShardJob) -> dict:
         finished_at=finished_at,
         wall_s=wall_s,
         gpu_utilization=utilization.mean,
+        **resume.metrics_fields(),
     )
-    write_atomic(results_uri, parquet_bytes(results_table(outcome.results, context)))
+    write_atomic(results_uri, parquet_bytes(resume.union(results_table(outcome.results, context))))
     write_atomic(metrics_uri, json_bytes(metrics))
+    resume.finish()  # the results file holds every part's rows now
     summary = {
         "run_id": job.run_id,
         "shard_index": job.shard_index,
