@@ -110,6 +110,7 @@ def metrics_object(run_id: str, shard_index: int, table: pa.Table) -> dict:
         "cuda_version": "12.8", "container_image": "detection-engine:bench", "hostname": f"pod-{shard_index}",
         "model_name": "fasterrcnn_resnet50_fpn", "weights_id": "COCO_V1", "weights_sha256": None,
         "random_weights": False, "error_counts": json.dumps({"decode_error": failed}),
+        "attempt": 1, "resumed_images": 0, "preemptions": 0, "earlier_attempts_s": 0.0,
     }  # fmt: skip
     assert list(values) == schema.column_names(schema.SHARD_METRICS)
     return values

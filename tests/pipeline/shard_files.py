@@ -131,6 +131,10 @@ def shard_metrics(
         "weights_sha256": None,
         "random_weights": False,
         "error_counts": json.dumps({"decode_error": failed}) if failed else None,
+        "attempt": 1,
+        "resumed_images": 0,
+        "preemptions": 0,
+        "earlier_attempts_s": 0.0,
     }
     unknown = overrides.keys() - metrics.keys()
     assert not unknown, f"not SHARD_METRICS keys: {unknown}"

@@ -109,6 +109,10 @@ def shard_metrics(
         "weights_sha256": None,
         "random_weights": False,
         "error_counts": "{}",
+        "attempt": 1,
+        "resumed_images": 0,
+        "preemptions": 0,
+        "earlier_attempts_s": 0.0,
     }
     metrics.update(overrides)
     return _check_keys(metrics, schema.SHARD_METRICS)
