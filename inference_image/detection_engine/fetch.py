@@ -34,11 +34,15 @@ from detection_engine.bounded_read import (
     DEFAULT_TIMEOUT_S,
     ReadRefused,
     bounded_filesystem,
+    iter_bounded,
     read_bounded,
 )
 from detection_engine.decode import ImageError, redact
 
 MANIFEST_COLUMN = "image_uri"
+# The engine's own files, read bounded too, so a FIFO or a stalled store fails the shard instead of hanging it.
+SHARD_MANIFEST_MAX_BYTES = 1 << 30  # a 10M-URI shard is ~60 MB as Parquet, ~1 GB as text
+SHARD_MANIFEST_TIMEOUT_S = 600.0
 
 _GCS_PROTOCOLS = ("gs", "gcs")
 
@@ -100,20 +104,28 @@ def fetch_bytes(uri: str, limits: ReadLimits = DEFAULT_LIMITS) -> bytes:
         raise ImageError(exc.code, exc.detail) from None
 
 
+def read_file(uri: str, *, max_bytes: int, timeout_s: float) -> bytes:
+    """All bytes (none, for an empty file) of a file the engine itself needs (its shard manifest, a state
+    dict), under `bounded_read`'s bounds with the default connect and read timeouts; or `ReadRefused`."""
+    limits = ReadLimits(max_bytes=max_bytes, timeout_s=timeout_s)
+    try:
+        fs, _ = filesystem_for(uri, limits)
+    except Exception as exc:  # unknown protocol, missing driver, malformed URI
+        raise ReadRefused("fetch_error", f"{type(exc).__name__}: {exc}") from None
+    return b"".join(iter_bounded(uri, max_bytes=max_bytes, timeout_s=timeout_s, fs=fs))
+
+
 # -- shard manifest ------------------------------------------------------------------------------
 
 
 def read_shard_manifest(uri: str) -> list[str]:
     """The image URIs of one shard, in order: Parquet with column image_uri, or text with one URI per line."""
     try:
-        fs, path = filesystem_for(uri)
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        raise ManifestError(f"shard manifest not found: {redact(uri)}") from None
-    except Exception as exc:
-        raise ManifestError(
-            f"cannot read shard manifest {redact(uri)}: {redact(f'{type(exc).__name__}: {exc}')}"
-        ) from exc
+        data = read_file(uri, max_bytes=SHARD_MANIFEST_MAX_BYTES, timeout_s=SHARD_MANIFEST_TIMEOUT_S)
+    except ReadRefused as exc:
+        if exc.code == "not_found":
+            raise ManifestError(f"shard manifest not found: {redact(uri)}") from None
+        raise ManifestError(f"cannot read shard manifest {redact(uri)}: {exc.reason}") from None
     if data[:4] == b"PAR1":
         return _parquet_uris(data, uri)
     return _text_uris(data, uri)
@@ -162,4 +174,4 @@ def _check_no_blank(uris: list, uri: str) -> None:
             raise ManifestError(f"shard manifest {redact(uri)}: row {row} has an empty {MANIFEST_COLUMN}")
 
 
-__all__ = ["ManifestError", "ReadLimits", "fetch_bytes", "filesystem_for", "read_shard_manifest"]
+__all__ = ["ManifestError", "ReadLimits", "fetch_bytes", "filesystem_for", "read_file", "read_shard_manifest"]

@@ -26,6 +26,7 @@ from torch import nn
 from torchvision.models import get_model_builder, get_model_weights
 from torchvision.models._meta import _COCO_CATEGORIES
 
+from detection_engine.bounded_read import ReadRefused
 from detection_engine.catalog import (
     MODELS,
     PRECISIONS,
@@ -37,9 +38,13 @@ from detection_engine.catalog import (
 from detection_engine.catalog import (
     weights_id as catalog_weights_id,
 )
-from detection_engine.fetch import filesystem_for
+from detection_engine.fetch import read_file
+from detection_engine.redaction import redact_text
 
 log = logging.getLogger(__name__)
+
+STATE_DICT_MAX_BYTES = 4 << 30  # torchvision's largest detection state dict is ~170 MB
+STATE_DICT_TIMEOUT_S = 1800.0
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -222,17 +227,18 @@ def _sha256_file(path: Path) -> str:
 
 
 def _read_state_dict(spec: ModelSpec, uri: str, expected_sha256: str | None) -> tuple[dict, str]:
-    try:
-        fs, path = filesystem_for(uri)
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        enum = get_model_weights(spec.name)
-        raise ModelLoadError(
-            f"--weights {uri!r} is neither a weights name of {spec.name} "
-            f"({', '.join(enum.__members__)}) nor a readable state dict file; or use --weights none"
-        ) from None
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read state dict {uri}: {type(exc).__name__}: {exc}") from None
+    try:  # bounded: a FIFO, a device or a huge file fails the shard instead of hanging or filling memory
+        data = read_file(uri, max_bytes=STATE_DICT_MAX_BYTES, timeout_s=STATE_DICT_TIMEOUT_S)
+        if not data:
+            raise ReadRefused("empty_file", "0 bytes")
+    except ReadRefused as exc:
+        if exc.code == "not_found":
+            enum = get_model_weights(spec.name)
+            raise ModelLoadError(
+                f"--weights {redact_text(uri)!r} is neither a weights name of {spec.name} "
+                f"({', '.join(enum.__members__)}) nor a readable state dict file; or use --weights none"
+            ) from None
+        raise ModelLoadError(f"cannot read state dict {redact_text(uri)}: {exc.reason}") from None
     sha256 = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and sha256 != expected_sha256.lower():
         raise ModelLoadError(f"state dict {uri} has sha256 {sha256}, expected {expected_sha256}")

@@ -178,7 +178,10 @@ def _user_error(capsys) -> str:
     [
         ({"--run-date": "21/11/2026"}, "--run-date"),
         ({"--model": "yolov8"}, "--model: invalid choice: 'yolov8'"),
-        ({"--batch-size": "0"}, "--batch-size: must be >= 1"),
+        ({"--batch-size": "0"}, "--batch-size: must be 'auto' or an integer >= 1, got 0"),
+        ({"--batch-size": "big"}, "--batch-size: must be 'auto' or an integer >= 1, got 'big'"),
+        ({"--devices": "gpu:0"}, "--devices/--device: unknown device 'gpu:0' in 'gpu:0'"),
+        ({"--devices": "auto,cpu"}, "--devices/--device: unknown device 'auto'"),
         ({"--score-threshold": "1.5"}, "--score-threshold: must be between 0 and 1"),
         ({"--weights-sha256": "abc"}, "--weights-sha256: must be 64 hexadecimal digits"),
         ({"--precision": "int8"}, "--precision: invalid choice"),
