@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -250,3 +253,73 @@ def test_a_shard_with_special_files_and_stuck_servers_exits_0_with_one_row_each(
         f"{silent}/a.jpg": "timeout",
         f"{endless}/b.jpg": "too_large",
     }
+
+
+# -- the engine's own files are read bounded; a stuck read never holds the process ---------------
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_as_the_shard_manifest_exits_2_without_waiting(tmp_path, capsys):
+    fifo = tmp_path / "shard-00002.parquet"
+    os.mkfifo(fifo)  # no writer: an unbounded open would block forever
+
+    assert cli.main(_tiny_args(tmp_path, str(fifo))) == cli.EXIT_USAGE
+    assert "cannot read shard manifest" in (line := _user_error(capsys)) and "not_a_regular_file" in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("special", ["fifo", "dev_zero"])
+def test_a_special_file_as_the_state_dict_exits_3_without_waiting(tmp_path, manifest, capsys, special):
+    weights = tmp_path / "weights.pth"
+    if special == "fifo":
+        os.mkfifo(weights)
+    else:
+        weights.symlink_to("/dev/zero")  # endless bytes: an unbounded read fills memory
+
+    assert cli.main(_tiny_args(tmp_path, manifest[0], f"--weights={weights}")) == cli.EXIT_MODEL
+    line = _user_error(capsys)
+    assert f"cannot read state dict {weights}: not_a_regular_file" in line
+
+
+# A filesystem whose reads never return, like a read stuck in the kernel on a hung network mount: the
+# engine registers it, then runs exactly as `python -m detection_engine` does.
+_STUCK_ENGINE = """
+import runpy, sys, threading
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+class StuckFileSystem(AbstractFileSystem):
+    protocol = "stuck"
+    def _open(self, path, mode="rb", **kwargs):
+        threading.Event().wait()  # never set: this thread never ends
+
+fsspec.register_implementation("stuck", StuckFileSystem)
+sys.argv = ["detection_engine", *sys.argv[1:]]
+runpy.run_module("detection_engine", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.timeout(150)
+def test_the_engine_exits_once_its_files_are_written_even_with_a_fetch_thread_stuck(
+    tmp_path, write_images, write_manifest
+):
+    good = write_images(tmp_path / "images", [(96, 64)])[0]
+    manifest_uri = write_manifest(tmp_path / "shard-00002.txt", [good, "stuck://mount/a.jpg"])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "inference_image"), env.get("PYTHONPATH")]))
+
+    done = subprocess.run(  # without a prompt exit this runs into its timeout: the stuck thread is joined
+        [sys.executable, "-c", _STUCK_ENGINE, *_tiny_args(tmp_path, manifest_uri, "--image-timeout-s=1")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == cli.EXIT_OK, done.stderr
+    table = pq.read_table(layout.shard_results_uri(str(tmp_path / "out" / "run-1"), 2)).to_pylist()
+    codes = {row["image_uri"]: (row["error"] or "ok").split(":")[0] for row in table}
+    assert codes == {good: "ok", "stuck://mount/a.jpg": "timeout"}
+    assert json.loads((tmp_path / "xcom" / "return.json").read_text())["images"] == 2
+    assert "shard 2: wrote" in done.stderr  # the log reached stderr before the process ended
