@@ -25,6 +25,7 @@ from detection_engine.fetch import ManifestError, ReadLimits
 from detection_engine.models import DEVICES, DeviceError, ModelLoadError, ModelOptions
 from detection_engine.parts import CommitPolicy, Preempted
 from detection_engine.pipeline import PipelineOptions
+from detection_engine.redaction import redact_logs
 from detection_engine.shard import DEFAULT_SUMMARY_PATH, ShardJob, run_shard
 from detection_engine.stop_signal import StopOnSignal
 from detection_engine.writer import OutputError
@@ -198,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact_logs()  # library log lines (fsspec, gcsfs, aiohttp) and tracebacks carry URLs with their tokens
     try:
         job = parse_job(argv)
         with StopOnSignal() as stop:

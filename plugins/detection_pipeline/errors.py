@@ -6,6 +6,7 @@ detect, GPU hours. `at_the_boundary` wraps every task: a permanent error becomes
 (no retry), anything else keeps Airflow's retries. Either way the message and the logged traceback pass
 the redactor first, and the original exception is dropped (`from None`): texts from fsspec, aiohttp,
 gcsfs and the Google client carry whole URLs with their tokens, and Airflow logs every exception it gets.
+For the same reason, once a task body starts, every log record its process creates is redacted (`redact_logs`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from detection_engine.redaction import redact_text
+from detection_engine.redaction import redact_logs, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def at_the_boundary(func: Callable[P, R]) -> Callable[P, R]:
             AirflowSkipException,
         )
 
+        redact_logs()  # library log lines (fsspec logs each URL at DEBUG) pass the redactor too
         try:
             return func(*args, **kwargs)
         except (AirflowSkipException, AirflowRescheduleException):

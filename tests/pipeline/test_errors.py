@@ -102,3 +102,18 @@ def test_the_boundary_keeps_the_return_value_and_the_signature():
 
     assert body(1, b=3) == 4
     assert body.__name__ == "body"
+
+
+def test_log_lines_of_libraries_inside_a_task_lose_their_tokens(caplog):
+    @at_the_boundary
+    def body() -> None:
+        logging.getLogger("fsspec.http").debug("GET https://cdn.example/a.jpg?token=%s", TOKEN)
+
+    previous = logging.getLogRecordFactory()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="fsspec.http"):
+            body()
+    finally:
+        logging.setLogRecordFactory(previous)
+
+    assert "GET https://cdn.example/a.jpg" in caplog.text and TOKEN not in caplog.text
