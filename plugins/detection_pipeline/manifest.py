@@ -16,7 +16,8 @@ Sources (input_uri):
   naming the first few, rather than being dropped: the file is the user's, and fixing it is theirs.
   The file is read through `detection_engine.bounded_read` (regular files only, a byte cap, the run's
   connect and read timeouts, a deadline: `FileBounds`), so a FIFO, a device, an oversize file, an endless
-  body or a silent server fails the run at once with a ManifestError instead of hanging the task.
+  body or a silent server fails the run at once with a ManifestError instead of hanging the task (a store
+  that answers with an error, HTTP 5xx or a reset connection, is ManifestUnavailable: retried).
 
 A listed name is the object's own, so it is used exactly as the store returned it, never trimmed or
 rewritten (the normalisation below is for lines of a manifest file). One that cannot be used as it is (a
@@ -83,6 +84,10 @@ class ManifestStats:
     manifest_uri: str
     rejected: int = 0  # listed names that cannot be used as they are (control characters, not UTF-8, ...)
     rejected_examples: tuple[str, ...] = ()  # a few of them, as Python reprs (escapes, never raw bytes)
+
+
+class ManifestUnavailable(RuntimeError):
+    """The manifest file's store failed to serve it (HTTP 5xx, connection error): retried, not permanent."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,8 @@ def _open_manifest_file(config: RunConfig, bounds: FileBounds) -> Iterator[Binar
     except bounded_read.ReadRefused as refused:
         if refused.code == "not_found":
             raise ManifestError(f"input manifest {shown} does not exist") from None
+        if refused.code == "fetch_error":  # a 5xx, a reset connection: the store's, so worth a retry
+            raise ManifestUnavailable(f"cannot read input manifest {shown}: {refused.reason}") from None
         hint = " (DETECTION_MAX_MANIFEST_BYTES)" if refused.code == "too_large" else ""
         raise ManifestError(f"cannot read input manifest {shown}: {refused.reason}{hint}") from None
 

@@ -24,7 +24,7 @@ from detection_pipeline.errors import PermanentError
 from detection_pipeline.manifest import ManifestError, ManifestStats, build_manifest
 from detection_pipeline.settings import load_settings
 from detection_pipeline.sharding import plan_shards
-from tests.hostile_servers import endless_http_server, silent_server
+from tests.hostile_servers import endless_http_server, fixed_http_server, silent_server
 
 
 def _config(tmp_path: Path, input_uri: str | Path, **overrides) -> RunConfig:
@@ -563,3 +563,13 @@ def test_every_line_of_a_text_manifest_is_an_entry_a_count_or_a_named_error(line
             assert (stats.listed, stats.skipped_not_image) == (kinds.count("image"), kinds.count("not_image"))
             assert table.column("image_uri").to_pylist() == sorted(images)
             _invariant(stats)
+
+
+@pytest.mark.timeout(30)
+def test_a_store_that_fails_to_serve_the_manifest_is_retried_not_permanent(tmp_path):
+    with fixed_http_server(503, b"busy") as url:
+        config = _config(tmp_path, f"{url}/list.txt?token=SECRET")
+        with pytest.raises(manifest.ManifestUnavailable, match="fetch_error: HTTP 503") as caught:
+            _build(config)
+
+    assert not isinstance(caught.value, PermanentError) and "SECRET" not in str(caught.value)
