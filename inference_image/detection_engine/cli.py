@@ -19,10 +19,12 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 
+from detection_engine.auto_batch import parse_batch_size
 from detection_engine.catalog import DEFAULT_MODEL, MODELS, PRECISIONS
 from detection_engine.decode import DEFAULT_MAX_PIXELS
+from detection_engine.devices import AUTO, parse_devices
 from detection_engine.fetch import ManifestError, ReadLimits
-from detection_engine.models import DEVICES, DeviceError, ModelLoadError, ModelOptions
+from detection_engine.models import DeviceError, ModelLoadError, ModelOptions
 from detection_engine.parts import CommitPolicy, Preempted
 from detection_engine.pipeline import PipelineOptions
 from detection_engine.redaction import redact_logs
@@ -73,6 +75,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _batch_size(text: str) -> int | str:
+    try:
+        return parse_batch_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _devices(text: str) -> tuple[str, ...]:
+    try:
+        return parse_devices(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -99,12 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", default="DEFAULT", help="torchvision enum member | state dict path/URI | none"
     )
     p.add_argument("--weights-sha256", type=_sha256, default=None, help="verify the state dict file")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=defaults.batch_size,
+        help="images per model call, or auto (auto_batch.py: 1 on a CPU, from device memory on CUDA)",
+    )
     p.add_argument("--score-threshold", type=_probability, default=0.5)
     p.add_argument("--max-detections", type=_positive_int, default=50)
     p.add_argument("--min-size", type=_positive_int, default=None)
     p.add_argument("--max-size", type=_positive_int, default=None)
-    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument(
+        "--devices",
+        "--device",
+        dest="devices",
+        type=_devices,
+        default=(AUTO,),
+        help="auto (every visible GPU, else the CPU) or a list such as cuda:0,cuda:1; one model replica each",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC convolution weights (a fast path; see BENCHMARKS.md)",
+    )
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp16/bf16 on CUDA; fp32 on CPU")
     p.add_argument("--fetch-workers", type=_positive_int, default=defaults.fetch_workers)
     p.add_argument("--decode-workers", type=_positive_int, default=defaults.decode_workers)
@@ -166,7 +199,6 @@ def parse_job(argv: Sequence[str] | None = None) -> ShardJob:
             max_detections=args.max_detections,
             min_size=args.min_size,
             max_size=args.max_size,
-            device=args.device,
             precision=args.precision,
             seed=args.seed,
         ),
@@ -187,6 +219,8 @@ def parse_job(argv: Sequence[str] | None = None) -> ShardJob:
         summary_path=args.summary_path,
         log_interval_s=args.log_interval_s,
         commit=CommitPolicy(every_images=args.commit_every, every_s=args.commit_every_s),
+        devices=args.devices,
+        channels_last=args.channels_last,
     )
 
 

@@ -1,8 +1,9 @@
 """The shard's metrics object (exactly the keys of schema.SHARD_METRICS): timings, counts, device, versions.
 
 These are the figures the run record aggregates into throughput, latency and cost, so each says what it
-measures: `infer_s` is the time the model was busy, `model_busy_fraction` how much of the post-load wall time
-that was (1.0 means I/O never made the model wait).
+measures: `infer_s` is the time the models were busy (summed over replicas), `model_busy_fraction` how much
+of the post-load wall time that was per replica (1.0 means I/O never made a model wait), and `devices` lists
+each replica: device, images, batches, busy fraction of the data path's wall time.
 """
 
 from __future__ import annotations
@@ -130,7 +131,6 @@ def shard_metrics(
     shard_index: int,
     outcome: PipelineOutcome,
     loaded: LoadedModel,
-    batch_size: int,
     started_at: datetime,
     finished_at: datetime,
     wall_s: float,
@@ -145,7 +145,8 @@ def shard_metrics(
     reasons = [r.error for r in outcome.results] + list(resumed_errors)
     failed = sum(reason is not None for reason in reasons)
     images = len(reasons)
-    busy_window_s = wall_s - loaded.load_s
+    replicas = max(1, len(outcome.devices))
+    busy_window_s = (wall_s - loaded.load_s) * replicas
     metrics = {
         "run_id": run_id,
         "run_date": run_date.isoformat(),
@@ -162,7 +163,7 @@ def shard_metrics(
         "infer_s": outcome.infer_s,
         "model_busy_fraction": outcome.infer_s / busy_window_s if busy_window_s > 0 else None,
         "batches": len(outcome.batches),
-        "batch_size": batch_size,
+        "batch_size": outcome.batch_size,
         "batch_latency_p50_ms": latency_ms(outcome.batch_latencies_s, 50),
         "batch_latency_p95_ms": latency_ms(outcome.batch_latencies_s, 95),
         "batch_latency_max_ms": latency_ms(outcome.batch_latencies_s, 100),
@@ -182,6 +183,7 @@ def shard_metrics(
         "resumed_images": len(resumed_errors),
         "preemptions": preemptions,
         "earlier_attempts_s": earlier_attempts_s,
+        "devices": json.dumps(outcome.devices),
     }
     if set(metrics) != set(METRIC_KEYS):
         raise AssertionError(

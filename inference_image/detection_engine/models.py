@@ -38,6 +38,7 @@ from detection_engine.catalog import (
 from detection_engine.catalog import (
     weights_id as catalog_weights_id,
 )
+from detection_engine.devices import DeviceError, resolve_devices
 from detection_engine.fetch import read_file
 from detection_engine.redaction import redact_text
 
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 STATE_DICT_MAX_BYTES = 4 << 30  # torchvision's largest detection state dict is ~170 MB
 STATE_DICT_TIMEOUT_S = 1800.0
-
-DEVICES = ("auto", "cpu", "cuda")
 
 # Builder keyword arguments of each family's post-processing thresholds, and torchvision's defaults.
 _SCORE_KWARG = {
@@ -70,10 +69,6 @@ _COCO_NUM_CLASSES = len(_COCO_CATEGORIES)
 
 class ModelLoadError(Exception):
     """The model or its weights cannot be loaded; the message is the one line the user sees."""
-
-
-class DeviceError(ValueError):
-    """The requested device does not exist on this machine."""
 
 
 @dataclass(frozen=True)
@@ -109,13 +104,11 @@ class LoadedModel:
 
 
 def resolve_device(requested: str) -> torch.device:
-    if requested not in DEVICES:
-        raise DeviceError(f"unknown device {requested!r}; use one of {', '.join(DEVICES)}")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was requested but no CUDA device is available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    """One device (`auto`: the first GPU, else the CPU); the list form is `devices.resolve_devices`."""
+    devices = resolve_devices(requested)
+    if len(devices) != 1 and requested != "auto":
+        raise DeviceError(f"one device expected, got {requested!r}")
+    return devices[0]
 
 
 def effective_precision(requested: str, device: torch.device) -> str:

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from detection_engine.auto_batch import AUTO, choose_batch_size
 from detection_engine.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from detection_engine.fetch import DEFAULT_LIMITS, ReadLimits, fetch_bytes
 from detection_engine.inference import Detections, Detector, Failed
 from detection_engine.preprocess import host_tensor
+from detection_engine.replicas import Replicas
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    batch_size: int = 8
+    batch_size: int | str = AUTO  # auto_batch.py's rule, resolved per run on its devices
     fetch_workers: int = 8
     decode_workers: int = max(1, min(4, os.cpu_count() or 1))
     prefetch_batches: int = 3
@@ -80,6 +82,8 @@ class PipelineOutcome:
     batches: list[list[int]] = field(default_factory=list)  # manifest indices of each batch, in run order
     batch_latencies_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    batch_size: int = 0  # the size the batches were formed at (options.batch_size resolved)
+    devices: list[dict] = field(default_factory=list)  # per replica: device, images, batches, busy_fraction
 
     @property
     def infer_s(self) -> float:
@@ -233,16 +237,19 @@ def _take_batch(waiting: list[Loaded], batch_size: int) -> list[Loaded]:
 
 def run_pipeline(
     uris: Sequence[str],
-    detector: Detector,
+    detector: Detector | Sequence[Detector],
     options: PipelineOptions,
     on_progress: Callable[[int], None] | None = None,
     on_result: Callable[[ImageResult], None] | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> PipelineOutcome:
-    """Every URI in, exactly one `ImageResult` per URI out, in manifest order."""
+    """Every URI in, exactly one `ImageResult` per URI out, in manifest order; one replica per detector."""
     started = time.perf_counter()
+    replicas = Replicas(list(detector) if isinstance(detector, Sequence) else [detector])
+    detector = replicas.primary  # refusals depend on the model, the same on every replica
+    batch_size = choose_batch_size(options.batch_size, replicas.detectors)
     results: list[ImageResult | None] = [None] * len(uris)
-    outcome = PipelineOutcome(results=[])
+    outcome = PipelineOutcome(results=[], batch_size=batch_size)
     done = 0
 
     def report(count: int) -> None:
@@ -271,18 +278,16 @@ def run_pipeline(
                 )
                 report(1)
 
-    window = options.batch_size * max(1, options.group_window)
-    max_in_flight = options.batch_size * max(1, options.prefetch_batches)
-    pin = detector.device.type == "cuda"
+    window = batch_size * max(1, options.group_window)
+    max_in_flight = batch_size * max(1, options.prefetch_batches) * len(replicas.detectors)
+    pin = any(d.device.type == "cuda" for d in replicas.detectors)
     loader = Loader(
         options.fetch_workers, options.decode_workers, options.max_image_pixels, pin, options.read_limits
     )
     with loader:
         stream = decoded(load_in_order(uris, loader, max_in_flight))
-        for batch in group_batches(stream, options.batch_size, window):
-            batch_started = time.perf_counter()
-            outputs = detector([item.tensor for item in batch])
-            latency = time.perf_counter() - batch_started
+        batches = group_batches(stream, batch_size, window)
+        for batch, outputs, latency in replicas.run(batches, lambda b: [item.tensor for item in b]):
             for item, output in zip(batch, outputs, strict=True):
                 finished(item.index, _result(item, output, latency / len(batch)))
             outcome.batches.append([item.index for item in batch])
@@ -296,6 +301,7 @@ def run_pipeline(
         raise RuntimeError(f"{len(missing)} images have no result, e.g. {missing[0]}")
     outcome.results = results  # type: ignore[assignment]
     outcome.wall_s = time.perf_counter() - started
+    outcome.devices = [stats.as_metrics(outcome.wall_s) for stats in replicas.stats]
     return outcome
 
 

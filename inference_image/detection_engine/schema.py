@@ -73,7 +73,7 @@ SHARD_METRICS: tuple[Field, ...] = (
     _f("fetch_s", "FLOAT64", "REQUIRED", "Summed over fetch threads"),
     _f("decode_s", "FLOAT64", "REQUIRED", "Summed over decode threads"),
     _f("infer_s", "FLOAT64", "REQUIRED", "Time the model was busy"),
-    _f("model_busy_fraction", "FLOAT64", "NULLABLE", "infer_s / (wall_s - model_load_s)"),
+    _f("model_busy_fraction", "FLOAT64", "NULLABLE", "infer_s / ((wall_s - model_load_s) x replicas)"),
     _f("batches", "INT64", "REQUIRED"),
     _f("batch_size", "INT64", "REQUIRED"),
     _f("batch_latency_p50_ms", "FLOAT64", "NULLABLE"),
@@ -106,6 +106,13 @@ SHARD_METRICS: tuple[Field, ...] = (
         "FLOAT64",
         "NULLABLE",
         "Pod seconds of the earlier attempts, up to each one's last commit",
+    ),
+    # Appended (additive): one model replica per device (--devices).
+    _f(
+        "devices",
+        "STRING",
+        "NULLABLE",
+        "JSON list, one object per model replica: device, images, batches, busy_fraction (of the data path)",
     ),
 )
 

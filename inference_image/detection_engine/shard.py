@@ -6,6 +6,7 @@ once the shard's data does.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -13,13 +14,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
 from detection_engine import layout
+from detection_engine.devices import AUTO, resolve_devices
 from detection_engine.fetch import read_shard_manifest
-from detection_engine.inference import Detector
 from detection_engine.metrics import UtilizationSampler, shard_metrics
-from detection_engine.models import ModelOptions, load_model
+from detection_engine.models import ModelOptions
 from detection_engine.parts import CommitPolicy, ShardResume
 from detection_engine.pipeline import PipelineOptions, Stopped, run_pipeline
 from detection_engine.progress import Progress
+from detection_engine.replicas import detectors_for, load_replicas
 from detection_engine.writer import RowContext, json_bytes, parquet_bytes, results_table, write_atomic
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ class ShardJob:
     summary_path: str = DEFAULT_SUMMARY_PATH
     log_interval_s: float = 30.0
     commit: CommitPolicy = CommitPolicy()  # parts: what a killed or preempted attempt keeps
+    devices: tuple[str, ...] = (AUTO,)  # devices.parse_devices' form: one model replica each
+    channels_last: bool = False
 
 
 def read_manifest(uri: str) -> list[str]:
@@ -64,18 +68,18 @@ def run_shard(job: ShardJob, stop: Callable[[], bool] | None = None) -> dict:
     uris = read_manifest(job.manifest)
     log.info("shard %d: %d images from %s", job.shard_index, len(uris), job.manifest)
 
-    loaded = load_model(job.model)
+    replicas = load_replicas(job.model, resolve_devices(job.devices), job.channels_last)
+    # The run's one model and weights; its load time is the first load plus the copies to other devices.
+    loaded = dataclasses.replace(replicas[0], load_s=sum(r.load_s for r in replicas))
     log.info(
         "model %s (weights %s) on %s, %s, loaded in %.1fs",
         loaded.spec.name,
         loaded.weights_id,
-        loaded.device,
+        ", ".join(str(r.device) for r in replicas),
         loaded.precision,
         loaded.load_s,
     )
-    detector = Detector(
-        loaded.model, loaded.device, loaded.precision, job.model.score_threshold, job.model.max_detections
-    )
+    detectors = detectors_for(replicas, job.model.score_threshold, job.model.max_detections)
     context = RowContext(
         run_id=job.run_id,
         run_date=job.run_date,
@@ -93,7 +97,7 @@ def run_shard(job: ShardJob, stop: Callable[[], bool] | None = None) -> dict:
     with UtilizationSampler(loaded.device) as utilization:
         try:
             outcome = run_pipeline(
-                resume.remaining, detector, job.pipeline, progress.update, resume.add, stop
+                resume.remaining, detectors, job.pipeline, progress.update, resume.add, stop
             )
         except Stopped:
             raise resume.preempted() from None
@@ -110,7 +114,6 @@ def run_shard(job: ShardJob, stop: Callable[[], bool] | None = None) -> dict:
         shard_index=job.shard_index,
         outcome=outcome,
         loaded=loaded,
-        batch_size=job.pipeline.batch_size,
         started_at=started_at,
         finished_at=finished_at,
         wall_s=wall_s,

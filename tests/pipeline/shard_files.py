@@ -135,6 +135,7 @@ def shard_metrics(
         "resumed_images": 0,
         "preemptions": 0,
         "earlier_attempts_s": 0.0,
+        "devices": json.dumps([{"device": "cuda:0", "images": images, "batches": 1, "busy_fraction": 0.8}]),
     }
     unknown = overrides.keys() - metrics.keys()
     assert not unknown, f"not SHARD_METRICS keys: {unknown}"

@@ -113,6 +113,7 @@ def shard_metrics(
         "resumed_images": 0,
         "preemptions": 0,
         "earlier_attempts_s": 0.0,
+        "devices": "[]",
     }
     metrics.update(overrides)
     return _check_keys(metrics, schema.SHARD_METRICS)
