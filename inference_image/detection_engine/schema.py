@@ -134,7 +134,7 @@ RUNS: tuple[Field, ...] = (
     _f("ok", "INT64", "REQUIRED"),
     _f("failed", "INT64", "REQUIRED"),
     _f("shards", "INT64", "REQUIRED"),
-    _f("wall_s", "FLOAT64", "NULLABLE", "First shard start to last shard end"),
+    _f("wall_s", "FLOAT64", "NULLABLE", "Seconds at least one shard ran (final attempts; gaps not counted)"),
     _f("shard_wall_s", "FLOAT64", "NULLABLE", "Sum of shard wall times"),
     _f("inference_s", "FLOAT64", "NULLABLE", "Sum of model-busy time"),
     _f("model_load_s", "FLOAT64", "NULLABLE", "Mean model load time per shard"),

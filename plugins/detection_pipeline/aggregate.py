@@ -3,15 +3,21 @@
 How the numbers are made:
 
 - counts: listed/duplicates/skipped from the manifest; processed/ok/failed summed over the shards' metrics;
-- wall_s: first shard start to last shard end (the detect phase as the user waits for it); shard_wall_s and
-  inference_s are sums over shards; model_load_s is the mean per shard;
+- wall_s: the time at least one shard was running, i.e. the length of the union of the shards' [started_at,
+  finished_at] intervals (each from the attempt that wrote the metrics file: the final one). Spans when no
+  shard ran do not count, so a shard cleared and re-run an hour later adds its own duration, not the hour;
+  with no gaps it is first shard start to last shard end. shard_wall_s and inference_s are sums over shards;
+  model_load_s is the mean per shard;
 - images_per_s = processed / wall_s; images_per_s_per_gpu = processed / GPU-seconds (sum of shard wall times
   x GPUs per pod), i.e. what one GPU delivered, model load included; null when the shards did not run on CUDA;
 - batch latency p50/p95: the shards' percentiles averaged with their batch counts as weights. Shards only keep
   percentiles, not every batch's latency; the average is exact when shards share one latency distribution (the
   same GPU type, batch size and image mix: the case here) and otherwise an approximation. The per-shard values
   stay in shard_metrics;
-- cost: pricing.estimate_cost over the shards' wall times (see pricing.py for what that leaves out);
+- cost, machine and GPU hours: pricing.estimate_cost over the shards' own wall times (see pricing.py for what
+  that leaves out), so they, too, change by a re-run shard's duration only;
+- started_at is when the run's first task (validate_config) began and finished_at the last shard's end: points
+  in time for ordering runs, not a duration (finished_at - started_at includes any wait before a re-run);
 - versions: Airflow side from versions.py; torch/torchvision/CUDA/Python/container image from the shards (the
   software that ran the model). Shards that disagree are recorded as "a | b", never silently as one.
 
@@ -119,9 +125,9 @@ def build_run_record(
         raise ShardMetricsError(f"metrics of shards {reported} do not match the planned shards {planned}")
 
     processed = sum(m["images"] for m in metrics)
-    starts = [to_timestamp(m["started_at"]) for m in metrics]
-    ends = [to_timestamp(m["finished_at"]) for m in metrics]
-    wall_s = (max(ends) - min(starts)).total_seconds() if metrics else None
+    intervals = [(to_timestamp(m["started_at"]), to_timestamp(m["finished_at"])) for m in metrics]
+    ends = [end for _, end in intervals]
+    wall_s = busy_seconds(intervals) if metrics else None
     shard_seconds = [float(m["wall_s"]) for m in metrics]
     on_gpu = bool(metrics) and all(m["device"] == "cuda" for m in metrics) and config.gpu_count > 0
     # Record (and cost) the GPUs that ran, not the ones asked for: shards that all ran on the CPU used none.
@@ -193,6 +199,22 @@ def build_run_record(
     record |= {name: (accuracy or {}).get(name) for name in elsewhere}
     ordered = {f.name: record[f.name] for f in schema.RUNS}
     return jsonable(normalise_record(schema.RUNS, ordered))
+
+
+def busy_seconds(intervals: Iterable[tuple[datetime, datetime]]) -> float:
+    """Seconds covered by at least one of the [start, end] intervals (their union's length): overlapping
+    shards count once, gaps when nothing ran not at all. An interval that ends before it starts counts 0."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if end <= start:
+            continue
+        if reach is None or start > reach:
+            total += (end - start).total_seconds()
+            reach = end
+        elif end > reach:
+            total += (end - reach).total_seconds()
+            reach = end
+    return total
 
 
 def _mean(values: Iterable[float]) -> float | None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from detection_engine import layout, schema
-from detection_pipeline.aggregate import ShardMetricsError, build_run_record, read_shard_metrics
+from detection_pipeline.aggregate import ShardMetricsError, build_run_record, busy_seconds, read_shard_metrics
 from detection_pipeline.config import RunConfig
 from detection_pipeline.pricing import load_prices
 from detection_pipeline.versions import pipeline_versions
 from detection_pipeline.warehouse import open_warehouse
-from tests.pipeline.shard_files import shard_metrics, write_metrics
+from tests.pipeline.shard_files import T0, shard_metrics, write_metrics
 
 RUN = "manual__2026-11-21T10:00:00+00:00"
 MANIFEST = {"listed": 130, "duplicates": 20, "skipped_not_image": 5, "skipped_incremental": 0, "unique": 105}
@@ -171,6 +173,77 @@ def test_the_record_adds_up_the_shards(tmp_path):
     assert (record["run_date"], record["logical_date"]) == ("2026-11-21", "2026-11-21T10:00:00+00:00")
     assert record["recorded_at"] == RECORDED.isoformat()
     assert record["coco_map"] is None and record["ground_truth_uri"] is None
+
+
+# -- run figures from what ran: wall time is the time a shard was running ------------------------------
+
+
+def test_overlapping_shards_count_their_common_time_once(tmp_path):
+    metrics = [
+        shard_metrics(RUN, 0, images=60, start_offset_s=0, wall_s=100.0),
+        shard_metrics(RUN, 1, images=30, start_offset_s=20, wall_s=30.0),  # inside shard 0's time
+        shard_metrics(RUN, 2, images=15, start_offset_s=90, wall_s=40.0),  # overlaps shard 0's end
+    ]
+    record = _record(_config(tmp_path), metrics)
+    assert record["wall_s"] == 130.0
+    assert record["images_per_s"] == pytest.approx(105 / 130)
+    assert record["shard_wall_s"] == 170.0
+
+
+def test_a_shard_re_run_far_later_adds_only_its_own_duration(tmp_path):
+    """A cleared shard re-run ten minutes after the run: the wait is in no figure, its new duration is."""
+    config = _config(tmp_path)
+    together = _record(config, _two_gpu_shards())
+    metrics = _two_gpu_shards()
+    metrics[0] = shard_metrics(RUN, 0, images=60, failed=2, start_offset_s=740, wall_s=100.0, batches=8,
+                               batch_latency_p50_ms=200.0, batch_latency_p95_ms=300.0, infer_s=70.0,
+                               model_load_s=4.0)  # fmt: skip
+    rerun = _record(config, metrics)
+
+    assert rerun["wall_s"] == 220.0  # shard 1: 20..140 s, shard 0 again: 740..840 s
+    assert rerun["wall_s"] <= together["wall_s"] + 100.0
+    assert rerun["images_per_s"] == pytest.approx(105 / 220)
+    assert rerun["finished_at"] == (T0 + timedelta(seconds=840)).isoformat()
+    for key in ("shard_wall_s", "machine_hours", "gpu_hours", "estimated_cost_usd", "images_per_s_per_gpu",
+                "cost_per_1000_images_usd", "processed", "ok", "failed"):  # fmt: skip
+        assert rerun[key] == together[key], key
+
+
+def test_a_single_shard_s_wall_time_is_its_own(tmp_path):
+    record = _record(_config(tmp_path), [shard_metrics(RUN, 0, images=105, start_offset_s=7, wall_s=42.5)])
+    assert record["wall_s"] == 42.5 == record["shard_wall_s"]
+    assert record["images_per_s"] == pytest.approx(105 / 42.5)
+
+
+_SPANS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 600)), max_size=12)
+
+
+def _intervals(spans: list[tuple[int, int]]) -> list[tuple[datetime, datetime]]:
+    return [(T0 + timedelta(seconds=s), T0 + timedelta(seconds=s + length)) for s, length in spans]
+
+
+@given(spans=_SPANS, data=st.data())
+def test_busy_seconds_is_the_length_of_the_union(spans, data):
+    busy = busy_seconds(_intervals(spans))
+    covered = set().union(*(range(s, s + length) for s, length in spans))  # whole seconds covered
+    assert busy == len(covered)
+    assert busy_seconds(_intervals(data.draw(st.permutations(spans)))) == busy
+    if spans:
+        lengths = [length for _, length in spans]
+        span = max(s + length for s, length in spans) - min(s for s, _ in spans)
+        assert max(lengths) <= busy <= min(span, sum(lengths))
+
+
+@given(spans=_SPANS, later=st.integers(1, 600), gap=st.integers(1, 100_000))
+def test_a_shard_after_a_gap_adds_exactly_its_length(spans, later, gap):
+    end = max((s + length for s, length in spans), default=0)
+    moved = _intervals([*spans, (end + gap, later)])
+    assert busy_seconds(moved) == busy_seconds(_intervals(spans)) + later
+
+
+def test_an_interval_ending_before_it_starts_counts_nothing():
+    assert busy_seconds([(T0, T0 - timedelta(seconds=5))]) == 0.0
+    assert busy_seconds([]) == 0.0
 
 
 def test_the_record_is_what_the_warehouse_stores(tmp_path):
