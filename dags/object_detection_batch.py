@@ -7,6 +7,9 @@
 4. Aggregate  the run record (throughput, latency, failures, cost, SDK and model versions), its invariants
               checked, and the run report.
 
+Scheduled on DETECTION_SCHEDULE, or on the Asset DETECTION_INPUT_ASSET when set. load_results and aggregate
+update the Assets of the warehouse tables they write, so downstream DAGs can be scheduled on fresh results.
+
 Wiring only: the logic lives in plugins/detection_pipeline. Trigger with conf to override any Param.
 """
 
@@ -16,7 +19,7 @@ from datetime import timedelta
 
 from airflow.sdk import dag
 
-from detection_pipeline import tasks
+from detection_pipeline import assets, tasks
 from detection_pipeline.config import PARAMS
 from detection_pipeline.input_sensor import wait_for_input
 from detection_pipeline.launch import detect_task
@@ -27,7 +30,7 @@ settings = load_settings()
 
 @dag(
     dag_id="object_detection_batch",
-    schedule=settings.schedule,
+    schedule=assets.batch_schedule(settings),
     start_date=settings.start_date,
     catchup=False,
     max_active_runs=settings.max_active_runs,
@@ -52,13 +55,17 @@ def object_detection_batch():
     detections = detect_task(settings).expand_kwargs(tasks.launch_kwargs(run, shards))
 
     # 3. Load
-    loaded = tasks.load_results(run, shards)
+    loaded = tasks.load_results.override(
+        outlets=assets.table_assets(settings.warehouse, assets.LOADED_TABLES)
+    )(run, shards)
     detections >> loaded
 
     # 4. Aggregate (with accuracy when ground truth is given), verify, report
     accuracy = tasks.evaluate(run, shards)
     loaded >> accuracy
-    record = tasks.aggregate(run, manifest, shards, accuracy)
+    record = tasks.aggregate.override(outlets=assets.table_assets(settings.warehouse, assets.RECORD_TABLES))(
+        run, manifest, shards, accuracy
+    )
     record >> tasks.verify(run, manifest, shards) >> tasks.report(run, record)
 
 

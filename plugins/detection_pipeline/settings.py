@@ -32,6 +32,10 @@ override every Param. The embedded default needs none of them: its defaults poin
 | DETECTION_SWEEP_POLL_S | 10 | how often the model sweep checks whether its batch runs have finished |
 | DETECTION_MAX_MANIFEST_BYTES | 2147483648 | byte cap on an input manifest file (.txt/.csv/.parquet); larger fails the run |
 | DETECTION_MANIFEST_TIMEOUT_S | 900 | deadline for reading an input manifest file (its download included) |
+| DETECTION_SPOT | false | default of the `spot` Param: shard pods on GKE spot nodes (node selector + toleration, spot prices) |
+| DETECTION_INPUT_ASSET | (none) | an Airflow Asset URI (e.g. gs://images/landed): the batch DAG runs when it is updated, not on a cron |
+| DETECTION_BENCHMARK_MANIFEST | (none) | a fixed manifest file: the `detection_benchmark` DAG runs it, one workload over time |
+| DETECTION_BENCHMARK_SCHEDULE | @daily | when the benchmark runs (same forms as DETECTION_SCHEDULE) |
 """
 
 from __future__ import annotations
@@ -100,6 +104,10 @@ class Settings:
     sweep_poll_s: int = 10
     max_manifest_bytes: int = MAX_MANIFEST_BYTES
     manifest_timeout_s: int = MANIFEST_TIMEOUT_S
+    spot: bool = False
+    input_asset: str | None = None
+    benchmark_manifest: str | None = None
+    benchmark_schedule: str | None = "@daily"
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
@@ -139,6 +147,10 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         manifest_timeout_s=read(
             "DETECTION_MANIFEST_TIMEOUT_S", str(MANIFEST_TIMEOUT_S), _integer(1, 24 * 3600)
         ),
+        spot=read("DETECTION_SPOT", "false", _boolean),
+        input_asset=read("DETECTION_INPUT_ASSET", None, _asset_uri),
+        benchmark_manifest=read("DETECTION_BENCHMARK_MANIFEST", None, _benchmark_manifest),
+        benchmark_schedule=read("DETECTION_BENCHMARK_SCHEDULE", "@daily", _schedule),
     )
     input_prefix = uris.static_prefix(settings.input_uri)
     if input_prefix == settings.input_uri and uris.is_within(settings.output_uri, settings.input_uri):
@@ -175,6 +187,12 @@ def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
     return check
 
 
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value.lower() == "true"
+
+
 def _integer(low: int, high: int) -> Callable[[str], int]:
     def check(value: str) -> int:
         if not re.fullmatch(r"[0-9]+", value) or not low <= int(value) <= high:
@@ -187,6 +205,28 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
 def _input_uri(value: str) -> str:
     uris.placeholders(value)
     return uris.as_prefix(uris.check_storage_uri(value, http=True, placeholders=True))
+
+
+def _benchmark_manifest(value: str) -> str:
+    """A fixed input: one manifest file, no date placeholders, so every run reads the same list of images."""
+    if uris.placeholders(value):
+        raise ValueError(f"{value!r} has date placeholders; a benchmark reads the same manifest every run")
+    canonical = uris.check_storage_uri(value, http=True)
+    if uris.extension(canonical) not in uris.MANIFEST_EXTENSIONS:
+        raise ValueError(
+            f"{value!r} is not a manifest file (.{', .'.join(uris.MANIFEST_EXTENSIONS)}); a benchmark names a "
+            "fixed list of images, not a prefix whose contents may change"
+        )
+    return canonical
+
+
+def _asset_uri(value: str) -> str:
+    """The shape of an Airflow Asset URI (scheme://...); Airflow's own checks run when the DAG builds it."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", value) or uris.CONTROL_CHARACTERS.search(value):
+        raise ValueError(f"{value!r} is not an asset URI like gs://bucket/landed or x-images://daily-drop")
+    if value.split(":", 1)[0].lower() == "airflow":
+        raise ValueError(f"{value!r}: the airflow:// scheme is reserved by Airflow")
+    return value
 
 
 def _output_uri(value: str) -> str:

@@ -141,6 +141,12 @@ def test_local_uris_are_canonical():
         ("DETECTION_INPUT_TIMEOUT_S", "1w", "integer from 1 to 604800"),
         ("DETECTION_WAREHOUSE_LOCK_TIMEOUT_S", "-5", "integer from 0 to 86400"),
         ("DETECTION_SWEEP_POLL_S", "0", "integer from 1 to 3600"),
+        ("DETECTION_INPUT_ASSET", "landed images", "not an asset URI"),
+        ("DETECTION_INPUT_ASSET", "airflow://landed", "reserved"),
+        ("DETECTION_BENCHMARK_MANIFEST", "gs://bench/images", "not a manifest file"),
+        ("DETECTION_BENCHMARK_MANIFEST", "gs://bench/{ds}.txt", "date placeholders"),
+        ("DETECTION_BENCHMARK_MANIFEST", "bench/list.txt", "relative path"),
+        ("DETECTION_BENCHMARK_SCHEDULE", "nightly", "neither a preset"),
     ],
 )
 def test_an_invalid_value_names_its_variable(variable, value, message):
@@ -173,3 +179,17 @@ def test_reads_the_process_environment_by_default(monkeypatch):
     monkeypatch.setenv("DETECTION_MAX_ACTIVE_PODS", "3")
 
     assert load_settings().max_active_pods == 3
+
+
+def test_the_benchmark_and_the_input_asset_are_off_unless_set():
+    settings = load_settings({})
+    assert (settings.benchmark_manifest, settings.input_asset, settings.benchmark_schedule) == (
+        None,
+        None,
+        "@daily",
+    )
+
+
+def test_the_benchmark_manifest_is_kept_in_canonical_form():
+    settings = load_settings({"DETECTION_BENCHMARK_MANIFEST": "gs://bench//sets/./street.parquet"})
+    assert settings.benchmark_manifest == "gs://bench/sets/street.parquet"
