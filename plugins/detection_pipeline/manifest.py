@@ -69,6 +69,7 @@ URI_COLUMNS = ("image_uri", "uri")  # accepted names of the URI column of .csv a
 HASH_WORKERS = 16  # concurrent reads when hashing contents (I/O bound)
 DUCKDB_MEMORY_LIMIT = "1GB"  # beyond this DuckDB sorts on disk, which keeps 10M URIs under 2 GB of RSS
 BATCH_ROWS = 1 << 20
+TEXT_BLOCK_BYTES = 64 << 20  # a text manifest is split this much at a time (~1M lines of ~60 characters)
 _EXAMPLES = 5
 
 ProcessedURIs = pa.Array | pa.ChunkedArray | Collection[str]
@@ -176,7 +177,7 @@ def _source(
         return _read_parquet(file, input_uri), False
     if kind == "csv":
         return _chunks(_read_csv(file, input_uri)), False
-    return _chunks(_read_text(file, input_uri, bounds.max_bytes)), False
+    return _read_text(file, input_uri, bounds.max_bytes), False
 
 
 @contextmanager
@@ -290,15 +291,29 @@ def _read_csv(handle: BinaryIO, input_uri: str) -> pa.Array:
     return table.column(column).combine_chunks()
 
 
-def _read_text(handle: BinaryIO, input_uri: str, max_bytes: int) -> pa.Array:
-    """The lines of a UTF-8 text file, split column-wise (no Python loop over lines)."""
-    data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:  # a local file that grew after it was opened
-        raise ManifestError(
-            f"cannot read input manifest {uris.redact(input_uri)}: too_large: more than {max_bytes:,} bytes "
-            "(DETECTION_MAX_MANIFEST_BYTES)"
-        )
-    data = data.removeprefix(b"\xef\xbb\xbf")
+def _read_text(handle: BinaryIO, input_uri: str, max_bytes: int) -> Iterator[pa.Array]:
+    """The lines of a UTF-8 text file, split column-wise (no Python loop over lines), TEXT_BLOCK_BYTES at a
+    time, so memory stays flat at any size up to the cap. A block ends after its last newline (a byte that
+    never occurs inside a multi-byte UTF-8 character); the rest starts the next block."""
+    rest = handle.read(3).removeprefix(b"\xef\xbb\xbf")
+    read = len(rest)
+    while block := handle.read(TEXT_BLOCK_BYTES):
+        read += len(block)
+        if read > max_bytes:  # a local file that grew after it was opened
+            raise ManifestError(
+                f"cannot read input manifest {uris.redact(input_uri)}: too_large: more than {max_bytes:,} "
+                "bytes (DETECTION_MAX_MANIFEST_BYTES)"
+            )
+        data = rest + block
+        end = data.rfind(b"\n") + 1
+        rest = data[end:]
+        if end:
+            yield _lines(data[:end], input_uri)
+    if rest:
+        yield _lines(rest, input_uri)
+
+
+def _lines(data: bytes, input_uri: str) -> pa.Array:
     offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
     text = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
     try:

@@ -10,6 +10,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -533,22 +534,30 @@ def _manifest_lines(draw) -> tuple[str, str]:
 
 
 @pytest.mark.timeout(300)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(_manifest_lines(), max_size=12),
     st.sampled_from(["\n", "\r\n"]),
     st.one_of(st.none(), st.integers(min_value=0)),
+    st.sampled_from([1, 5, manifest.TEXT_BLOCK_BYTES]),
+    st.booleans(),
 )
-def test_every_line_of_a_text_manifest_is_an_entry_a_count_or_a_named_error(lines, newline, broken_at):
+def test_every_line_of_a_text_manifest_is_an_entry_a_count_or_a_named_error(
+    lines, newline, broken_at, block_bytes, bom
+):
     """Blank lines and comments are ignored, other extensions counted, images listed; an unusable entry or
-    bytes that are not UTF-8 fail the build with a ManifestError saying so; nothing else ever raises."""
-    data = newline.join(line for _, line in lines).encode()
+    bytes that are not UTF-8 fail the build with a ManifestError saying so; nothing else ever raises. The
+    file is read a block at a time: lines (and characters) across block ends count once, whole."""
+    data = (b"\xef\xbb\xbf" if bom else b"") + newline.join(line for _, line in lines).encode()
     if broken_at is not None:  # one byte that is never UTF-8, anywhere in the file
         at = broken_at % (len(data) + 1)
         data = data[:at] + b"\xff" + data[at:]
     kinds = [kind for kind, _ in lines]
     images = {line.strip() for kind, line in lines if kind == "image"}
-    with tempfile.TemporaryDirectory() as folder:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        mock.patch.object(manifest, "TEXT_BLOCK_BYTES", block_bytes),
+    ):
         config = _config(Path(folder), _write(Path(folder) / "list.txt", data))
         if broken_at is not None:
             with pytest.raises(ManifestError, match="is not UTF-8 text"):
