@@ -12,20 +12,20 @@ overrides them per model, and fixed-size models (SSD, SSDlite) always run at the
 sweep passes them no size, and a `model_sizes` entry for one is refused, as RunConfig refuses it.
 
 The table reads the run records from the warehouse (speed, cost and, with ground truth, COCO mAP) and sets
-them beside torchvision's published mAP of each model, like torchvision's own model tables.
+them beside torchvision's published mAP of each model, like torchvision's own model tables. It is one pandas
+DataFrame (`comparison_frame`), rendered by pandas as CSV (raw values), Markdown and HTML (readable numbers).
+pandas is imported when a table is made, not when the sweep DAG is parsed.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import html
-import io
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 from airflow.sdk import Param, get_current_context, task
@@ -33,6 +33,9 @@ from airflow.sdk import Param, get_current_context, task
 from detection_engine import catalog, layout
 from detection_pipeline.config import PARAMS, SIZE_RANGE, RunConfig
 from detection_pipeline.errors import PermanentError, at_the_boundary
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BATCH_DAG_ID = "object_detection_batch"
 SWEEP_DAG_ID = "detection_model_sweep"
@@ -309,44 +312,51 @@ def comparison_rows(plan: Sequence[Mapping], records: Mapping[str, Mapping | Non
     return rows
 
 
+def comparison_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
+    """The comparison table: one row per planned run, one column per `COLUMNS` key, values as recorded.
+
+    Columns stay `object`, so an integer column with an empty cell keeps its integers (64, not 64.0)."""
+    import pandas as pd
+
+    keys = [c.key for c in COLUMNS]
+    return pd.DataFrame([[row[k] for k in keys] for row in rows], columns=keys, dtype=object)
+
+
+def readable_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it: each column's text (mAP in percent, fixed digits) under its header."""
+    shown = frame.copy()
+    for column in COLUMNS:
+        shown[column.key] = frame[column.key].map(
+            lambda v, text=column.text: text(None if _missing(v) else v)
+        )
+    return shown.rename(columns={c.key: c.header for c in COLUMNS})
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # None or NaN
+
+
 def to_csv(rows: Sequence[Mapping]) -> str:
     """Raw values, one header row of column keys: for spreadsheets and scripts."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[c.key for c in COLUMNS], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+    return comparison_frame(rows).to_csv(index=False, lineterminator="\n")
 
 
 def to_markdown(rows: Sequence[Mapping], title: str) -> str:
-    def cells(values: Iterable[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
-
-    lines = [
-        f"# {title}",
-        "",
-        cells(c.header for c in COLUMNS),
-        cells("---" for _ in COLUMNS),
-        *(cells(c.text(row[c.key]) for c in COLUMNS) for row in rows),
-        "",
-        _FOOTNOTE,
-        "",
-    ]
-    return "\n".join(lines)
+    shown = readable_frame(comparison_frame(rows))
+    shown = shown.map(lambda v: v.replace("|", "\\|"))  # a pipe in a value must not split its cell
+    shown.columns = [c.replace("|", "\\|") for c in shown.columns]
+    table = shown.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+    return "\n".join([f"# {title}", "", table, "", _FOOTNOTE, ""])
 
 
 def to_html(rows: Sequence[Mapping], title: str) -> str:
-    head = "".join(f"<th>{html.escape(c.header)}</th>" for c in COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c.text(row[c.key]))}</td>" for c in COLUMNS) + "</tr>"
-        for row in rows
-    )
+    table = readable_frame(comparison_frame(rows)).to_html(index=False, escape=True, border=0)
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
         "td:nth-child(-n+3){text-align:left}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<body><h1>{html.escape(title)}</h1>{table}"
         f"<p>{html.escape(_FOOTNOTE)}</p></body></html>\n"
     )
 

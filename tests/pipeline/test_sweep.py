@@ -290,14 +290,20 @@ def test_csv_holds_the_raw_values(two_runs):
     assert (parsed[0]["box_map"], parsed[0]["images_per_s"], parsed[1]["images"]) == ("0.3614", "40.55", "")
 
 
+def _markdown_cells(line: str) -> list[str]:
+    """A Markdown table line's cells, split at the pipes that are not escaped."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
 def test_markdown_is_one_table_with_readable_numbers(two_runs):
     text = sweep.to_markdown(_rows(two_runs), "Model sweep x")
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 2 + 2  # header, rule, one line per run
-    assert table[0].startswith("| model | weights | precision | box mAP | AP50 | published mAP |")
-    cells = [c.strip() for c in table[2].strip("|").split(" | ")]
+    assert _markdown_cells(table[0]) == [c.header for c in sweep.COLUMNS]
+    cells = _markdown_cells(table[2])
     assert cells[:6] == ["fasterrcnn_resnet50_fpn", "DEFAULT", "fp32", "36.1", "", "37.0"]
-    assert "a\\|b" in table[2]  # a pipe in a value does not break the table
+    assert cells[sweep.COLUMNS.index(next(c for c in sweep.COLUMNS if c.key == "device_name"))] == "a\\|b"
+    assert [len(_markdown_cells(line)) for line in table] == [len(sweep.COLUMNS)] * 4  # no cell split
 
 
 def test_html_escapes_values(two_runs):
@@ -307,7 +313,8 @@ def test_html_escapes_values(two_runs):
     assert (
         "<script>" not in page and "&lt;script&gt;" in page and "<title>Model sweep &lt;x&gt;</title>" in page
     )
-    assert page.count("<tr>") == 3
+    assert page.count("<tr") == 3  # header and one row per run
+    assert "<th>box mAP</th>" in page and "<td>36.1</td>" in page
 
 
 def test_the_table_is_written_in_three_formats(tmp_path, two_runs):
@@ -325,7 +332,7 @@ def test_the_table_is_written_in_three_formats(tmp_path, two_runs):
 def test_the_table_is_written_to_gcs(gcs_bucket, two_runs):
     uris = sweep.write_comparison(_rows(two_runs), sweep.sweep_prefix(f"{gcs_bucket}/out", SWEEP_RUN), "t")
     with fsspec.open(uris["markdown"], "r") as fh:
-        assert "| fasterrcnn_resnet50_fpn |" in fh.read()
+        assert "| fasterrcnn_resnet50_fpn " in fh.read()
 
 
 # -- from the warehouse ----------------------------------------------------------------------------
