@@ -1,10 +1,10 @@
 """One model replica per device, fed by the shard's one fetch/decode pipeline.
 
 The pipeline forms its batches exactly as with one device (same grouping, same sizes), so which batches a
-shard runs never depends on how many devices it has; `Replicas.run` hands each batch to the next free
-replica and gives the outputs back in batch order, so results, progress and batch records stay in run order.
-With one replica the batch runs on the calling thread, as before. Each replica is used by one thread at a
-time, and at most two batches per replica are in flight, so memory stays bounded.
+shard runs never depends on how many devices it has. `Replicas.run` hands each batch to the free replica
+that has had the fewest and gives the outputs back in batch order, so results, progress and batch records
+stay in run order. With one replica the batch runs on the calling thread, as before. Each replica is used
+by one thread at a time, and at most two batches per replica are in flight, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class Replicas:
     def _run_parallel(self, batches: Iterable[list[T]], inputs) -> Iterator[tuple[list[T], Outputs, float]]:
         count = len(self.detectors)
         pending: deque[tuple[list[T], Future, int]] = deque()
+        assigned = [0] * count  # batches handed to each replica: a free replica with the fewest goes next
         pool = ThreadPoolExecutor(count, thread_name_prefix="replica")
 
         def finished_heads() -> Iterator[tuple[list[T], Outputs, float]]:
@@ -123,11 +124,13 @@ class Replicas:
                 while True:
                     yield from finished_heads()
                     busy = {replica for _, future, replica in pending if not future.done()}
-                    free = [i for i in range(count) if i not in busy]
+                    free = sorted((i for i in range(count) if i not in busy), key=lambda i: assigned[i])
                     if free and len(pending) < 2 * count:
                         break
                     wait([f for _, f, _ in pending if not f.done()], return_when=FIRST_COMPLETED)
-                pending.append((batch, pool.submit(self._call, free[0], batch, inputs), free[0]))
+                replica = free[0]
+                assigned[replica] += 1
+                pending.append((batch, pool.submit(self._call, replica, batch, inputs), replica))
             while pending:
                 wait([pending[0][1]])
                 yield from finished_heads()
