@@ -93,11 +93,14 @@ class Resumed:
 def read_committed(output_prefix: str, shard_index: int, uris: Sequence[str], ctx: RowContext) -> Resumed:
     """The shard's committed parts and attempt records; a part that cannot be used is skipped (its images run
     again), never trusted."""
-    fs, root = filesystem_for(layout.shard_parts_prefix(output_prefix, shard_index))
+    uri = layout.shard_parts_prefix(output_prefix, shard_index)
     try:
+        fs, root = filesystem_for(uri)
         names = sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(root, detail=False))
     except FileNotFoundError:
         names = []
+    except Exception as exc:  # the output prefix is unusable: the same failure as an unwritable results file
+        raise OutputError(f"cannot list the parts under {uri}: {type(exc).__name__}: {exc}") from None
     attempts, tables = [], []
     for name in names:
         path = f"{root.rstrip('/')}/{name}"

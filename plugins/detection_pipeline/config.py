@@ -201,6 +201,12 @@ class RunConfig:
         default="g2-standard-8",
         hint="a machine type name (a-z, 0-9 and '-')",
     )
+    spot: bool = _field(
+        "Run the shard pods on GKE spot nodes: a fraction of the on-demand price, reclaimed with ~30 s notice. "
+        "Shards commit as they go and a retry resumes where the pod stopped; the cost uses the spot prices.",
+        {"type": "boolean"},
+        default=False,
+    )
     namespace: str = _field(
         "Kubernetes namespace of the shard pods.",
         {"type": "string", "pattern": uris.DNS_LABEL},
@@ -270,7 +276,16 @@ class RunConfig:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
 # Fields whose default is a deployment setting rather than a constant.
-FROM_SETTINGS = ("input_uri", "output_uri", "warehouse", "image", "namespace", "gpu_type", "machine_type")
+FROM_SETTINGS = (
+    "input_uri",
+    "output_uri",
+    "warehouse",
+    "image",
+    "namespace",
+    "gpu_type",
+    "machine_type",
+    "spot",
+)
 
 
 def build_params(settings: Settings) -> dict[str, Param]:

@@ -49,14 +49,20 @@ def _warehouse(run: dict):
 @task(show_return_value_in_logs=False, multiple_outputs=False)
 @at_the_boundary
 def validate_config() -> dict:
-    """Fail the run before any pod starts when the conf is wrong; otherwise fix the run's identity."""
+    """Fail the run before any pod starts when the conf is wrong, or a file it names (state dict, ground
+    truth) is missing or not what it must be (preflight.py); otherwise fix the run's identity."""
+    from detection_pipeline import preflight
+
+    started_at = datetime.now(UTC)
     context = get_current_context()
     dag_run = context["dag_run"]
     when = context.get("logical_date") or dag_run.run_after
     try:
-        config = RunConfig.from_params(dict(context["params"]), when)
+        config, ground_truth = preflight.checked(RunConfig.from_params(dict(context["params"]), when))
     except ConfigError as error:
         raise AirflowFailException(f"invalid run config: {error}") from None  # retrying cannot fix it
+    if ground_truth is not None:
+        log.info("Ground truth: %s", ground_truth)
     run_id = context["run_id"]
     return {
         "config": config.to_dict(),
@@ -65,7 +71,8 @@ def validate_config() -> dict:
         "logical_date": when.isoformat(),
         "run_type": str(getattr(dag_run.run_type, "value", dag_run.run_type)),
         "run_prefix": layout.run_prefix(config.output_uri, run_id),
-        "started_at": datetime.now(UTC).isoformat(),
+        "started_at": started_at.isoformat(),
+        "ground_truth": ground_truth,  # images, annotations, categories: checked before any shard
     }
 
 

@@ -582,3 +582,19 @@ def test_a_store_that_fails_to_serve_the_manifest_is_retried_not_permanent(tmp_p
             _build(config)
 
     assert not isinstance(caught.value, PermanentError) and "SECRET" not in str(caught.value)
+
+
+@pytest.mark.timeout(120)
+def test_content_dedup_reads_gcs_objects_through_the_same_client_as_the_engine(
+    gcs_emulator, gcs_bucket, tmp_path
+):
+    for name, data in (("a.jpg", b"same"), ("b.jpg", b"same"), ("c.jpg", b"other")):
+        gcs_emulator.put(f"{gcs_bucket}/in/{name}", data)
+
+    stats, table = _build(_config(tmp_path, f"{gcs_bucket}/in/", dedup_mode="content"))
+
+    assert table.column("image_uri").to_pylist() == [f"{gcs_bucket}/in/a.jpg", f"{gcs_bucket}/in/c.jpg"]
+    assert table.column("content_sha1").to_pylist() == [
+        hashlib.sha1(d).hexdigest() for d in (b"same", b"other")
+    ]
+    assert stats.duplicates == 1

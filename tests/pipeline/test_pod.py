@@ -251,3 +251,25 @@ def test_the_kubernetes_detect_step_builds_with_no_connection_and_no_network(mon
 def test_an_unknown_launcher_is_refused_at_parse_time():
     with pytest.raises(ValueError, match="launcher must be one of local, kubernetes"):
         detect_task(_settings(launcher="docker"))
+
+
+@pytest.mark.parametrize("spot", [True, False])
+def test_spot_runs_are_scheduled_on_gke_spot_nodes_only(connection, spot):
+    config = {**_config(), "spot": spot}
+    kwargs = detect_shard_kwargs(
+        config, SHARD, run_id=RUN_ID, run_date=RUN_DATE, run_prefix=RUN_PREFIX, settings=_settings()
+    )
+    manifest = _rendered_pod(_settings(), kwargs)
+
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    spec = manifest["spec"]
+    spot_toleration = {
+        "key": "cloud.google.com/gke-spot",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoSchedule",
+    }
+    assert (spot_toleration in spec["tolerations"]) is spot
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    expected = {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+    assert spec["nodeSelector"] == ({**expected, "cloud.google.com/gke-spot": "true"} if spot else expected)

@@ -45,6 +45,7 @@ NOT_ENGINE_OPTIONS: frozenset[str] = frozenset(
         "gpu_count",
         "machine_type",
         "namespace",
+        "spot",  # placement and pricing; the engine always commits as it goes and stops cleanly on SIGTERM
     }
 )
 

@@ -3,7 +3,8 @@
 `LocalShardOperator` takes the same per-shard kwargs as the pod (`pod.detect_shard_kwargs`) and runs the same
 entrypoint with the same arguments, so the embedded default exercises the production code path except for
 where the process runs. The kwargs that only place a pod (image, name, namespace, container_resources,
-node_selector) are accepted and ignored by design: there is no container, scheduler or GPU node to choose.
+node_selector, tolerations) are accepted and ignored by design: there is no container, scheduler or GPU node
+to choose.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 ENGINE_MODULE = "detection_engine"
 # Engine exit codes a retry cannot fix (bad arguments or manifest; model or weights unloadable).
 PERMANENT_EXIT_CODES = frozenset({2, 3})
+# The engine stopped cleanly on SIGTERM with its finished images committed: the retry resumes from them.
+PREEMPTED_EXIT_CODE = 5
 SUMMARY_FILE = "return.json"
 
 
@@ -52,6 +55,7 @@ class LocalShardOperator(BaseOperator):
         namespace: str | None = None,
         container_resources: dict | None = None,
         node_selector: dict | None = None,
+        tolerations: list | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -70,6 +74,8 @@ class LocalShardOperator(BaseOperator):
                 message = f"detection engine exited with code {returncode}: {last_error or '(no message)'}"
                 if returncode in PERMANENT_EXIT_CODES:
                     raise AirflowFailException(message)
+                if returncode == PREEMPTED_EXIT_CODE:
+                    message = f"shard preempted, the retry resumes where it stopped: {last_error}"
                 raise AirflowException(message)
             if not summary_path.exists():
                 raise AirflowException(f"detection engine exited 0 but wrote no summary at {summary_path}")

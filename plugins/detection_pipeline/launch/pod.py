@@ -1,11 +1,12 @@
 """The `detect` step on Kubernetes: one GPU pod per shard, as a mapped `KubernetesPodOperator`.
 
 What is fixed for the deployment goes into `.partial(...)`, evaluated once when the DAG file is parsed:
-connection, service account, security contexts, volumes, toleration, timeouts, retries, pod lifecycle.
+connection, service account, security contexts, volumes, timeouts, retries, pod lifecycle.
 What comes from a run's conf goes into each mapped instance through `expand_kwargs`, built at run time by
-`detect_shard_kwargs`: the engine's arguments, and the image, namespace, GPU type and count, because a run may
-override them and partial kwargs cannot see run conf. Those per-shard values are plain JSON (they travel over
-XCom), and every key is one `KubernetesPodOperator` accepts, so the same dict drives `LocalShardOperator`.
+`detect_shard_kwargs`: the engine's arguments, and the image, namespace, GPU type and count, spot or not (node
+selector and tolerations), because a run may override them and partial kwargs cannot see run conf. Those
+per-shard values are plain JSON (they travel over XCom), and every key is one `KubernetesPodOperator`
+accepts, so the same dict drives `LocalShardOperator`.
 
 The provider is imported inside `detect_pod_partial` only, so the embedded default never imports it.
 """
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 
 GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+# GKE labels spot nodes with this (value "true"); node pools created for spot are tainted with the same key.
+SPOT_LABEL = "cloud.google.com/gke-spot"
+# GKE taints GPU nodes so that only pods asking for a GPU land there.
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+SPOT_TOLERATION = {"key": SPOT_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 APP_LABEL = "object-detection"
 # The engine records which image produced a shard from this variable (detection_engine.metrics, which imports
 # torch, so the name is repeated here; tests/pipeline/test_local_launcher.py checks they agree).
@@ -99,7 +105,13 @@ def detect_shard_kwargs(
             "requests": {"cpu": str(settings.pod_cpu_request), "memory": memory},
             "limits": {"memory": memory, GPU_RESOURCE: str(config.gpu_count)},
         },
-        "node_selector": {ACCELERATOR_LABEL: config.gpu_type},
+        # spot: only spot nodes (a fraction of the price; reclaimed with ~30 s notice, which the engine's
+        # SIGTERM handling and committed parts turn into a resumed shard instead of a lost one).
+        "node_selector": {
+            ACCELERATOR_LABEL: config.gpu_type,
+            **({SPOT_LABEL: "true"} if config.spot else {}),
+        },
+        "tolerations": [GPU_TOLERATION, *([SPOT_TOLERATION] if config.spot else [])],
     }
 
 
@@ -138,8 +150,6 @@ def detect_pod_partial(settings: Settings, **task_kwargs: Any) -> OperatorPartia
         xcom_sidecar_container_security_context=container_security,
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],  # noqa: S108 (the pod's own emptyDir)
-        # GKE taints GPU nodes so that only pods asking for a GPU land there.
-        tolerations=[k8s.V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
         # The engine writes its summary to /airflow/xcom/return.json; the operator's sidecar hands it back.
         do_xcom_push=True,
         # Waiting for a GPU node can take many minutes: defer to the triggerer instead of holding a worker slot.
