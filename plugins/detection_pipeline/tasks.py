@@ -205,5 +205,7 @@ def report(run: dict, record: dict) -> dict:
 
     config = _config(run)
     report_uri = build_run_report(run["run_prefix"], record)
-    dashboard_uri = build_dashboard(_warehouse(run).runs(), layout.join(config.output_uri, "dashboard.html"))
+    dashboard_uri = build_dashboard(
+        _warehouse(run).runs_frame(), layout.join(config.output_uri, "dashboard.html")
+    )
     return {"report_uri": report_uri, "dashboard_uri": dashboard_uri}

@@ -300,6 +300,7 @@ class DuckDBBigQueryHook(BigQueryHook):
         job = job_class.from_api_repr(resource, self.client)
         if result is not None:
             job.to_arrow = lambda **_: result
+            job.to_dataframe = lambda **_: to_dataframe(result)
         self.jobs[job_id] = job
         if job.error_result:
             job.result()  # raises what the hook's own job.result() raises for a failed job
@@ -448,6 +449,19 @@ class DuckDBBigQueryHook(BigQueryHook):
                             raise BigQueryJobError(
                                 "invalid", f"Error while reading data: {uri} line {number}: {what}"
                             )
+
+
+def to_dataframe(result: pa.Table):
+    """What `QueryJob.to_dataframe()` makes of a result: Arrow to pandas through the client's own type mapper,
+    with the client's default dtypes (nullable boolean and Int64, db-dtypes' dbdate)."""
+    import db_dtypes
+    import pandas as pd
+    from google.cloud.bigquery import _pandas_helpers
+
+    mapper = _pandas_helpers.default_types_mapper(
+        bool_dtype=pd.BooleanDtype(), int_dtype=pd.Int64Dtype(), date_dtype=db_dtypes.DateDtype()
+    )
+    return result.to_pandas(integer_object_nulls=True, types_mapper=mapper)
 
 
 class BigQueryJobError(Exception):

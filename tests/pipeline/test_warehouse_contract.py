@@ -335,6 +335,33 @@ def test_runs_are_listed_oldest_first(backend):
     assert [r["run_id"] for r in backend.warehouse.runs()] == ["a", "b"]
 
 
+def test_runs_read_as_a_dataframe_hold_the_same_records_in_the_same_order(backend):
+    backend.warehouse.write_run_record(_record(run_id="b", run_date="2026-11-22", coco_map=0.25))
+    backend.warehouse.write_run_record(_record(run_id="a", run_date="2026-11-21"))
+    frame = backend.warehouse.runs_frame()
+    assert list(frame.columns) == schema.column_names(schema.RUNS)
+    as_records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    for row, record in zip(as_records, backend.warehouse.runs(), strict=True):
+        assert {k: _plain(v) for k, v in row.items()} == {k: _plain(v) for k, v in record.items()}
+
+
+def test_no_runs_read_as_an_empty_dataframe_with_every_column(backend):
+    frame = backend.warehouse.runs_frame()
+    assert frame.empty and list(frame.columns) == schema.column_names(schema.RUNS)
+
+
+def _plain(value):
+    """A DataFrame cell as the record's Python value: pandas' Timestamps are datetimes (dates at midnight)."""
+    if hasattr(value, "to_pydatetime"):
+        value = value.to_pydatetime()
+        return (
+            value.date()
+            if value.tzinfo is None and value == datetime.combine(value.date(), datetime.min.time())
+            else value
+        )
+    return value
+
+
 # -- incremental and report reads ----------------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ def test_regression_flagged_for_the_regressed_workload_only_from_a_real_warehous
     warehouse.ensure_tables()
     for record in history(7.0):
         warehouse.write_run_record(record)
-    html = render_dashboard(warehouse.runs())
+    html = render_dashboard(warehouse.runs_frame())
     (flag,) = re.findall(r'<div class="banner bad"[^>]*>([^<]*)</div>', html)
     assert flag.startswith(f"REGRESSION: workload {short_id(WORKLOAD)}") and "images/s -30.0%" in flag
     assert "torch 2.14.1 -&gt; 2.15.0" in flag

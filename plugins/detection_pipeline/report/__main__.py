@@ -76,7 +76,7 @@ def _run_report(args: argparse.Namespace) -> str:
 
 
 def _dashboard(args: argparse.Namespace) -> str:
-    records = _read_warehouse(args.warehouse, lambda w: w.runs())
+    records = _read_warehouse(args.warehouse, lambda w: w.runs_frame())
     return build_dashboard(records, args.out)
 
 

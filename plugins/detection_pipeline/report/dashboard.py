@@ -41,14 +41,15 @@ _RUN_COLUMNS = {
 }
 
 
-def build_dashboard(records: list[dict], out_uri: str) -> str:
-    """Write the dashboard for `records` (schema.RUNS dicts) to `out_uri` (any fsspec URI); return the URI.
+def build_dashboard(records: pd.DataFrame | list[dict], out_uri: str) -> str:
+    """Write the dashboard for `records` (the warehouse's `runs_frame()`, or schema.RUNS dicts) to `out_uri`
+    (any fsspec URI); return the URI.
 
     plotly.js is written once beside it (see page.write_page)."""
     return write_page(out_uri, dashboard_page(records))
 
 
-def render_dashboard(records: list[dict]) -> str:
+def render_dashboard(records: pd.DataFrame | list[dict]) -> str:
     return dashboard_page(records).render()
 
 
@@ -56,7 +57,7 @@ def short_id(workload: str) -> str:
     return workload[:12]
 
 
-def dashboard_page(records: list[dict]) -> Page:
+def dashboard_page(records: pd.DataFrame | list[dict]) -> Page:
     frame = runs_frame(records)
     if frame.empty:
         page = Page("Detection runs dashboard", "no runs")

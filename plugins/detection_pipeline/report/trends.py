@@ -69,9 +69,16 @@ def _utc(column: pd.Series) -> pd.Series:
     return pd.to_datetime(column, utc=True, errors="raise", format="mixed")
 
 
-def runs_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per run, in the order the runs were executed, with the columns the dashboard needs."""
-    frame = pd.DataFrame.from_records(records).rename(columns=_RENAMES)
+def runs_frame(records: pd.DataFrame | list[dict]) -> pd.DataFrame:
+    """One row per run, in the order the runs were executed, with the columns the dashboard needs.
+
+    `records` is the warehouse's `runs_frame()` (or `runs()`'s dicts); each backend's dtypes (DuckDB's
+    datetime64 dates, BigQuery's dbdate and nullable Int64) are read as plain values, nulls as None."""
+    if isinstance(records, pd.DataFrame):
+        frame = records.astype(object).where(records.notna(), None)
+    else:
+        frame = pd.DataFrame.from_records(records)
+    frame = frame.rename(columns=_RENAMES)
     if frame.empty:
         return frame
     for column in ("run_type", "model_name", "weights_id", "workload_id", "started_at", "recorded_at"):

@@ -16,8 +16,12 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from detection_engine import schema
 from detection_pipeline.errors import PermanentError
@@ -102,7 +106,12 @@ class Warehouse(ABC):
 
     @abstractmethod
     def runs(self) -> list[dict]:
-        """Every run record, oldest run date first (the dashboard's input)."""
+        """Every run record, oldest run date first."""
+
+    @abstractmethod
+    def runs_frame(self) -> pd.DataFrame:
+        """`runs()` as a DataFrame, one column per `schema.RUNS` field, made by the engine's own DataFrame
+        export (DuckDB `.df()`, BigQuery `to_dataframe()`): the dashboard's input."""
 
     @abstractmethod
     def shard_metrics(self, run_id: str) -> pa.Table:

@@ -33,7 +33,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pyarrow as pa
@@ -53,6 +53,9 @@ from detection_pipeline.warehouse.base import (
     record_hash,
     to_date,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +228,19 @@ class BigQueryWarehouse(Warehouse):
 
     def query(self, sql: str, parameters: list[dict]) -> pa.Table:
         """A read-only query; its id is unique, as its result must reflect the tables now."""
-        job = self.hook.insert_job(
+        return self._query_job(sql, parameters).to_arrow()
+
+    def query_frame(self, sql: str, parameters: list[dict]) -> pd.DataFrame:
+        """`query` as a DataFrame, in the client's own dtypes (nullable Int64 and boolean, dbdate)."""
+        return self._query_job(sql, parameters).to_dataframe()
+
+    def _query_job(self, sql: str, parameters: list[dict]) -> Any:
+        return self.hook.insert_job(
             configuration=query_configuration(sql, parameters),
             job_id=f"{JOB_PREFIX}_query_{uuid.uuid4().hex}",
             project_id=self.project,
             location=self._location(),
         )
-        return job.to_arrow()
 
     # -- tables -----------------------------------------------------------------------------------
 
@@ -424,9 +433,13 @@ WHERE run_id = @run_id"""
         return rows[0] if rows else None
 
     def runs(self) -> list[dict]:
-        return self.query(
-            f"SELECT * FROM {self.table_sql('runs')} ORDER BY run_date, recorded_at, run_id", []
-        ).to_pylist()
+        return self.query(self._runs_sql(), []).to_pylist()
+
+    def runs_frame(self) -> pd.DataFrame:
+        return self.query_frame(self._runs_sql(), [])
+
+    def _runs_sql(self) -> str:
+        return f"SELECT * FROM {self.table_sql('runs')} ORDER BY run_date, recorded_at, run_id"
 
     def shard_metrics(self, run_id: str) -> pa.Table:
         return self.query(

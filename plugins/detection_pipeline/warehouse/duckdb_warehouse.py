@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import filelock
@@ -35,6 +36,9 @@ from detection_pipeline.warehouse.base import (
     normalise_record,
     to_date,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +266,11 @@ class DuckDBWarehouse(Warehouse):
         return rows[0] if rows else None
 
     def runs(self) -> list[dict]:
-        return self._table("SELECT * FROM runs ORDER BY run_date, recorded_at, run_id").to_pylist()
+        return self._table(_RUNS_SQL).to_pylist()
+
+    def runs_frame(self) -> pd.DataFrame:
+        with self._connect(write=False) as con:
+            return con.sql(_RUNS_SQL).df()
 
     def shard_metrics(self, run_id: str) -> pa.Table:
         return self._table(
@@ -303,6 +311,7 @@ class DuckDBWarehouse(Warehouse):
 
 # Stage name -> results column; both are constants of this module, never user input.
 _LATENCY_STAGES = (("decode", "decode_ms"), ("fetch", "fetch_ms"), ("infer", "infer_ms"))
+_RUNS_SQL = "SELECT * FROM runs ORDER BY run_date, recorded_at, run_id"
 
 
 def _read_parquet(uris: list[str]) -> tuple[str, dict] | None:
