@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 DEFAULT_MODEL = "fasterrcnn_resnet50_fpn"
 RANDOM_WEIGHTS = "none"
+# Bounds on reading a state dict file, for the engine that loads it and the Airflow side that checksums it first.
+STATE_DICT_MAX_BYTES = 4 << 30  # torchvision's largest detection state dict is ~170 MB
+STATE_DICT_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from detection_engine.catalog import (
     MODELS,
     PRECISIONS,
     RANDOM_WEIGHTS,
+    STATE_DICT_MAX_BYTES,
+    STATE_DICT_TIMEOUT_S,
     ModelSpec,
     WeightsError,
     canonical_weights,
@@ -43,9 +45,6 @@ from detection_engine.fetch import read_file
 from detection_engine.redaction import redact_text
 
 log = logging.getLogger(__name__)
-
-STATE_DICT_MAX_BYTES = 4 << 30  # torchvision's largest detection state dict is ~170 MB
-STATE_DICT_TIMEOUT_S = 1800.0
 
 # Builder keyword arguments of each family's post-processing thresholds, and torchvision's defaults.
 _SCORE_KWARG = {
