@@ -103,8 +103,13 @@ class RunConfig:
         default=None,
         hint="64 hexadecimal digits",
     )
-    batch_size: int = _field(
-        "Images per model call.", {"type": "integer", "minimum": 1, "maximum": 256}, default=8
+    batch_size: int | str = _field(
+        "Images per model call, or 'auto': 1 on a CPU (the fastest there, and detections equal to one image at "
+        "a time), on a GPU the largest power of two up to 32 that fits half the free memory "
+        "(detection_engine/auto_batch.py).",
+        {"type": ["integer", "string"], "minimum": 1, "maximum": 256, "pattern": "^auto$"},
+        default="auto",
+        hint="'auto' or an integer from 1 to 256",
     )
     score_threshold: float = _field(
         "Keep detections scoring at least this.", {"type": "number", "minimum": 0, "maximum": 1}, default=0.5
