@@ -184,7 +184,7 @@ def build_run_record(
         if metrics
         else config.weights == RANDOM_WEIGHTS,
         "precision": _one(metrics, "precision") or config.precision,
-        "batch_size": config.batch_size,
+        "batch_size": _batch_size(config.batch_size, metrics),
         "recorded_at": recorded_at or datetime.now(UTC),
     }
     manifest_uri = manifest_stats.get("manifest_uri")  # the DAG's stats always name it
@@ -215,6 +215,14 @@ def busy_seconds(intervals: Iterable[tuple[datetime, datetime]]) -> float:
             total += (end - reach).total_seconds()
             reach = end
     return total
+
+
+def _batch_size(requested: int | str, metrics: Sequence[dict]) -> int | None:
+    """The size the shards ran at: the config's, or for 'auto' the shards' common size (None if they differ)."""
+    if isinstance(requested, int):
+        return requested
+    sizes = {int(m["batch_size"]) for m in metrics}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _mean(values: Iterable[float]) -> float | None:

@@ -118,6 +118,14 @@ def _two_gpu_shards() -> list[dict]:
     ]  # fmt: skip
 
 
+def test_the_record_keeps_the_batch_size_the_shards_ran_at(tmp_path):
+    two = _two_gpu_shards()
+    assert _record(_config(tmp_path), two)["batch_size"] == 8  # auto: the shards' resolved size
+    assert _record(_config(tmp_path, batch_size=4), two)["batch_size"] == 4
+    mixed = [two[0], {**two[1], "batch_size": 16}]
+    assert _record(_config(tmp_path), mixed)["batch_size"] is None  # auto resolved differently per shard
+
+
 def test_the_record_adds_up_the_shards(tmp_path):
     config = _config(tmp_path)
     record = _record(config, _two_gpu_shards())

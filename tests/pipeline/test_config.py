@@ -76,7 +76,7 @@ def test_deployment_settings_are_the_param_defaults():
     assert params["warehouse"].value == "bigquery://my-project/detection"
     assert params["image"].value == "registry.example/detection-engine:2.0"
     assert params["gpu_type"].value == "nvidia-tesla-t4"
-    assert params["batch_size"].value == FIELDS["batch_size"].default == 8
+    assert params["batch_size"].value == FIELDS["batch_size"].default == "auto"
     assert params["model"].schema["enum"] == sorted(MODELS)
 
 
@@ -222,7 +222,8 @@ REJECTED = [
     ("batch_size", 0, "must be from 1 to 256", True),
     ("batch_size", 257, "must be from 1 to 256", True),
     ("batch_size", True, "must be an integer", True),
-    ("batch_size", "8", "must be an integer", True),
+    ("batch_size", "8", "is not 'auto' or an integer from 1 to 256", True),
+    ("batch_size", "Auto", "is not 'auto' or an integer from 1 to 256", True),
     ("batch_size", 8.5, "must be an integer", True),
     ("score_threshold", -0.1, "must be from 0 to 1", True),
     ("score_threshold", 1.01, "must be from 0 to 1", True),

@@ -109,14 +109,17 @@ def test_rendered_pod_is_a_valid_gpu_pod_running_the_engine_arguments(connection
     engine, sidecar = spec["containers"]
     assert engine["image"] == config["image"]
     assert engine["command"] == []  # the image's ENTRYPOINT: python -m detection_engine
-    assert engine["args"] == engine_arguments(
-        RunConfig.from_dict(config),
-        run_prefix=RUN_PREFIX,
-        run_id=RUN_ID,
-        run_date=RUN_DATE,
-        shard_index=3,
-        manifest_uri=SHARD["manifest_uri"],
-    )
+    assert engine["args"] == [
+        *engine_arguments(
+            RunConfig.from_dict(config),
+            run_prefix=RUN_PREFIX,
+            run_id=RUN_ID,
+            run_date=RUN_DATE,
+            shard_index=3,
+            manifest_uri=SHARD["manifest_uri"],
+        ),
+        "--devices=auto",  # every GPU the pod is given runs a model replica
+    ]
     assert "--weights=gs://bucket/models/detector with space.pth" in engine["args"]
     assert engine["resources"] == {
         "requests": {"cpu": "6", "memory": "24Gi"},

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from detection_pipeline.settings import Settings
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# The pod is given (and billed for) gpu_count GPUs: one model replica on each (detection_engine/devices.py).
+POD_DEVICES = "--devices=auto"
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 # GKE labels spot nodes with this (value "true"); node pools created for spot are tainted with the same key.
 SPOT_LABEL = "cloud.google.com/gke-spot"
@@ -81,14 +83,17 @@ def detect_shard_kwargs(
     shard_index = int(shard_spec["shard_index"])
     memory = str(settings.pod_memory_request)
     return {
-        "arguments": engine_arguments(
-            config,
-            run_prefix=run_prefix,
-            run_id=run_id,
-            run_date=run_date,
-            shard_index=shard_index,
-            manifest_uri=shard_spec["manifest_uri"],
-        ),
+        "arguments": [
+            *engine_arguments(
+                config,
+                run_prefix=run_prefix,
+                run_id=run_id,
+                run_date=run_date,
+                shard_index=shard_index,
+                manifest_uri=shard_spec["manifest_uri"],
+            ),
+            POD_DEVICES,
+        ],
         "image": config.image,
         "namespace": config.namespace,
         "name": pod_name(run_id, shard_index),
