@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -63,4 +64,24 @@ def test_images_that_cannot_be_drawn_are_listed_not_fatal(tmp_path: Path):
     reasons = dict(gallery.skipped)
     assert set(reasons) == {str(junk), str(tmp_path / "gone.png")}
     assert "UnidentifiedImageError" in reasons[str(junk)]
-    assert "FileNotFoundError" in reasons[str(tmp_path / "gone.png")]
+    assert reasons[str(tmp_path / "gone.png")].startswith("not_found")
+
+
+@pytest.mark.timeout(60)
+def test_samples_that_became_special_files_or_stalled_are_skipped_within_bounds(tmp_path, monkeypatch):
+    from detection_pipeline.report import gallery
+    from tests.hostile_servers import silent_server
+
+    monkeypatch.setattr(gallery, "SOURCE_TIMEOUT_S", 1.0)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # no writer: an unbounded open would block the report task forever
+    with silent_server() as url:
+        samples = [Sample(uri, 32, 32, []) for uri in (str(fifo), "/dev/zero", f"{url}/a.png?token=SECRET")]
+        gallery_ = build_gallery(samples)
+
+    reasons = dict(gallery_.skipped)
+    assert gallery_.thumbnails == []
+    assert reasons[str(fifo)].startswith("not_a_regular_file") and reasons["/dev/zero"].startswith(
+        "not_a_regular_file"
+    )
+    assert reasons[f"{url}/a.png?token=SECRET"].startswith("timeout")

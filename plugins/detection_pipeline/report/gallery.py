@@ -12,13 +12,15 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import fsspec
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from detection_engine.bounded_read import ReadRefused, read_bounded
+from detection_engine.fetch import ReadLimits, filesystem_for
 from detection_pipeline.report.run_data import Sample
 
 MAX_SIDE = 320
 MAX_SOURCE_BYTES = 64 * 1024 * 1024  # a sample is for looking at; never pull a huge object into the worker
+SOURCE_TIMEOUT_S = 30.0  # per sample; eight are fetched at a time
 _PALETTE = (
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4",
     "#42d4f4", "#f032e6", "#9a6324", "#800000", "#000075",
@@ -52,6 +54,8 @@ def build_gallery(samples: list[Sample], *, max_side: int = MAX_SIDE) -> Gallery
 def _try_thumbnail(sample: Sample, max_side: int) -> Thumbnail | tuple[str, str]:
     try:
         jpeg = annotate(fetch_bytes(sample.image_uri), sample, max_side=max_side)
+    except ReadRefused as exc:
+        return sample.image_uri, exc.reason
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return sample.image_uri, f"{type(exc).__name__}: {exc}"
     data_uri = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
@@ -59,11 +63,18 @@ def _try_thumbnail(sample: Sample, max_side: int) -> Thumbnail | tuple[str, str]
 
 
 def fetch_bytes(uri: str, limit: int = MAX_SOURCE_BYTES) -> bytes:
-    with fsspec.open(uri, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"image larger than {limit} bytes")
-    return data
+    """The sample's bytes, read bounded (regular files only, `limit`, SOURCE_TIMEOUT_S): an input that became
+    a FIFO or sits behind a stalled server since the engine read it costs seconds, never the report task."""
+    limits = ReadLimits(max_bytes=limit, timeout_s=SOURCE_TIMEOUT_S)
+    fs, _ = filesystem_for(uri, limits)
+    return read_bounded(
+        uri,
+        max_bytes=limit,
+        timeout_s=limits.timeout_s,
+        connect_timeout_s=limits.connect_timeout_s,
+        read_timeout_s=limits.read_timeout_s,
+        fs=fs,
+    )
 
 
 def annotate(image_bytes: bytes, sample: Sample, *, max_side: int = MAX_SIDE) -> bytes:
