@@ -15,7 +15,9 @@ How the numbers are made:
   same GPU type, batch size and image mix: the case here) and otherwise an approximation. The per-shard values
   stay in shard_metrics;
 - cost, machine and GPU hours: pricing.estimate_cost over the shards' own wall times (see pricing.py for what
-  that leaves out), so they, too, change by a re-run shard's duration only;
+  that leaves out), so they, too, change by a re-run shard's duration only, plus redone_s: the pod time of
+  attempts that did not finish (preempted or killed), as their commits recorded it; spot runs at spot prices;
+- preemptions and resumed_images: summed over the shards (a preempted attempt is a retry, not a failure);
 - started_at is when the run's first task (validate_config) began and finished_at the last shard's end: points
   in time for ordering runs, not a duration (finished_at - started_at includes any wait before a re-run);
 - versions: Airflow side from versions.py; torch/torchvision/CUDA/Python/container image from the shards (the
@@ -133,8 +135,12 @@ def build_run_record(
     # Record (and cost) the GPUs that ran, not the ones asked for: shards that all ran on the CPU used none.
     on_cpu = bool(metrics) and all(m["device"] == "cpu" for m in metrics)
     gpu_type, gpu_count = (None, 0) if on_cpu else (config.gpu_type, config.gpu_count)
-    gpu_seconds = sum(shard_seconds) * config.gpu_count if on_gpu else 0.0
-    cost = estimate_cost(config.machine_type, gpu_type, gpu_count, shard_seconds)
+    # Pod time of attempts that did not finish (preempted or killed), up to each one's last commit: paid for.
+    redone_s = sum(float(m.get("earlier_attempts_s") or 0.0) for m in metrics)
+    gpu_seconds = (sum(shard_seconds) + redone_s) * config.gpu_count if on_gpu else 0.0
+    cost = estimate_cost(
+        config.machine_type, gpu_type, gpu_count, [*shard_seconds, redone_s], spot=config.spot
+    )
 
     record = {
         "run_id": run_id,
@@ -192,6 +198,10 @@ def build_run_record(
     record["rejected"] = manifest_stats.get("rejected", 0)  # listed names that cannot be used as they are
     examples = manifest_stats.get("rejected_examples") or []
     record["rejected_examples"] = json.dumps(list(examples)) if examples else None
+    record["spot"] = config.spot
+    record["preemptions"] = sum(int(m.get("preemptions") or 0) for m in metrics)
+    record["resumed_images"] = sum(int(m.get("resumed_images") or 0) for m in metrics)
+    record["redone_s"] = redone_s
     elsewhere = [f.name for f in schema.RUNS if f.name not in record]
     unknown = sorted(set(accuracy or {}) - set(elsewhere))
     if unknown:

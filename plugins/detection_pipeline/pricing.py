@@ -6,6 +6,9 @@ image pulls and node idle time (an underestimate), and assumes one pod per node 
 pods would make it an overestimate). Accelerator-optimized machines (G2, A2, A3) include their GPUs in the
 machine price: those GPUs are never billed a second time.
 
+Spot runs (`spot: true`) are priced from the table's `spot` section; the pod seconds passed in include the
+attempts that did not finish (aggregate's redone_s), which a spot run pays for too.
+
 An unknown machine or GPU type gives a null cost and a warning, never a failed run.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -36,6 +39,8 @@ class PriceTable:
     region: str
     machines: dict[str, dict]
     gpus: dict[str, float]
+    spot_machines: dict[str, float] = field(default_factory=dict)  # USD per hour on spot VMs
+    spot_gpus: dict[str, float] = field(default_factory=dict)
 
 
 @cache
@@ -52,7 +57,13 @@ def load_prices(path: Path = PRICES_PATH) -> PriceTable:
         for name, price in gpus.items():
             if not isinstance(price, int | float) or price < 0:
                 raise ValueError(f"gpu {name!r}: price must be a non-negative number")
-        return PriceTable(region=data["region"], machines=machines, gpus=gpus)
+        spot = data.get("spot", {})
+        spot_machines, spot_gpus = spot.get("machines", {}), spot.get("gpus", {})
+        for kind, table in (("spot machine", spot_machines), ("spot gpu", spot_gpus)):
+            for name, price in table.items():
+                if not isinstance(price, int | float) or price < 0:
+                    raise ValueError(f"{kind} {name!r}: price must be a non-negative number")
+        return PriceTable(data["region"], machines, gpus, spot_machines, spot_gpus)
     except (OSError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"invalid price table {path}: {exc}") from exc
 
@@ -63,26 +74,30 @@ def estimate_cost(
     gpu_count: int,
     pod_seconds: Sequence[float],
     *,
+    spot: bool = False,
     prices: PriceTable | None = None,
 ) -> CostEstimate:
+    """`spot`: priced at the table's spot rates (whether the GPUs are in the machine price stays as on demand)."""
     prices = prices or load_prices()
+    tier = "spot " if spot else ""
     machine_hours = sum(pod_seconds) / 3600.0
     gpus_per_pod = gpu_count if gpu_type else 0
     gpu_hours = machine_hours * gpus_per_pod
     warnings: list[str] = []
 
     machine = prices.machines.get(machine_type)
-    if machine is None:
-        warnings.append(f"no price for machine type {machine_type!r} in {prices.region}: cost unknown")
+    machine_price = prices.spot_machines.get(machine_type) if spot else (machine or {}).get("usd_per_hour")
+    if machine is None or machine_price is None:
+        warnings.append(f"no {tier}price for machine type {machine_type!r} in {prices.region}: cost unknown")
         cost = None
     else:
-        cost = machine_hours * machine["usd_per_hour"]
+        cost = machine_hours * machine_price
         if machine["gpu_included"]:
             warnings += _check_included(machine_type, machine, gpu_type, gpus_per_pod)
         elif gpus_per_pod:
-            gpu_price = prices.gpus.get(gpu_type)
+            gpu_price = (prices.spot_gpus if spot else prices.gpus).get(gpu_type)
             if gpu_price is None:
-                warnings.append(f"no price for GPU type {gpu_type!r} in {prices.region}: cost unknown")
+                warnings.append(f"no {tier}price for GPU type {gpu_type!r} in {prices.region}: cost unknown")
                 cost = None
             else:
                 cost += gpu_hours * gpu_price

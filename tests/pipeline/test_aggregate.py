@@ -343,3 +343,32 @@ def test_accuracy_fills_only_the_evaluation_columns(tmp_path):
     assert record["coco_map50"] is None
     with pytest.raises(ValueError, match=r"accuracy may only fill .* not \['processed'\]"):
         _record(_config(tmp_path), _two_gpu_shards(), accuracy={"processed": 1})
+
+
+def test_preempted_attempts_are_counted_and_their_pod_time_is_in_the_cost(tmp_path):
+    config = _config(tmp_path, machine_type="g2-standard-8", gpu_type="nvidia-l4")
+    clean = _record(config, _two_gpu_shards())
+    resumed = [
+        {**_two_gpu_shards()[0], "attempt": 3, "preemptions": 2, "resumed_images": 40, "earlier_attempts_s": 250.0},
+        _two_gpu_shards()[1],
+    ]  # fmt: skip
+    record = _record(config, resumed)
+
+    assert (record["preemptions"], record["resumed_images"], record["redone_s"]) == (2, 40, 250.0)
+    assert (clean["preemptions"], clean["resumed_images"], clean["redone_s"]) == (0, 0, 0.0)
+    price = load_prices().machines["g2-standard-8"]["usd_per_hour"]
+    assert record["machine_hours"] == pytest.approx((100 + 120 + 250) / 3600)
+    assert record["estimated_cost_usd"] - clean["estimated_cost_usd"] == pytest.approx(250 / 3600 * price)
+    assert record["images_per_s_per_gpu"] == pytest.approx(105 / (100 + 120 + 250))
+    assert record["spot"] is False
+
+
+def test_a_spot_run_is_priced_at_the_spot_rates(tmp_path):
+    prices = load_prices()
+    on_demand = _record(_config(tmp_path, machine_type="g2-standard-8"), _two_gpu_shards())
+    spot = _record(_config(tmp_path, machine_type="g2-standard-8", spot=True), _two_gpu_shards())
+
+    assert spot["spot"] is True
+    ratio = prices.spot_machines["g2-standard-8"] / prices.machines["g2-standard-8"]["usd_per_hour"]
+    assert spot["estimated_cost_usd"] == pytest.approx(on_demand["estimated_cost_usd"] * ratio)
+    assert spot["estimated_cost_usd"] < on_demand["estimated_cost_usd"]

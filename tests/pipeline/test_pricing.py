@@ -100,3 +100,35 @@ def test_a_malformed_price_table_names_the_file(tmp_path):
     path.write_text("{")
     with pytest.raises(ValueError, match="invalid price table"):
         load_prices(path)
+
+
+SPOT = PriceTable(
+    region="test-region",
+    machines=TABLE.machines,
+    gpus=TABLE.gpus,
+    spot_machines={"g2-standard-8": 0.3, "n1-standard-8": 0.1},
+    spot_gpus={"nvidia-tesla-t4": 0.12},
+)
+
+
+def test_spot_runs_are_priced_at_the_spot_rates_with_the_gpus_included_as_on_demand():
+    g2 = estimate_cost("g2-standard-8", "nvidia-l4", 1, [3600], spot=True, prices=SPOT)
+    assert g2.cost_usd == pytest.approx(0.3)
+    n1 = estimate_cost("n1-standard-8", "nvidia-tesla-t4", 2, [3600], spot=True, prices=SPOT)
+    assert n1.cost_usd == pytest.approx(0.1 + 2 * 0.12)
+
+
+def test_a_machine_or_gpu_without_a_spot_price_gives_no_cost_and_says_so():
+    missing = estimate_cost("local", None, 0, [3600], spot=True, prices=SPOT)
+    assert missing.cost_usd is None and "no spot price for machine type 'local'" in missing.warnings[0]
+    no_gpu = estimate_cost("n1-standard-8", "nvidia-l4", 1, [3600], spot=True, prices=SPOT)
+    assert no_gpu.cost_usd is None and "no spot price for GPU type 'nvidia-l4'" in no_gpu.warnings[0]
+
+
+def test_the_shipped_table_has_a_spot_price_below_on_demand_for_every_spot_entry():
+    prices = load_prices()
+    assert prices.spot_machines and prices.spot_gpus
+    for name, price in prices.spot_machines.items():
+        assert price < prices.machines[name]["usd_per_hour"], name
+    for name, price in prices.spot_gpus.items():
+        assert price < prices.gpus[name], name
