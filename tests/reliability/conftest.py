@@ -41,6 +41,14 @@ def batch_dag(airflow_db):
         yield runs.load_batch_dag()
 
 
+@pytest.fixture
+def own_dag(batch_dag):
+    """The batch DAG parsed afresh, under batch_dag's settings, for a test whose conf must not reach others:
+    in-process, dag.test() leaves a run's conf values in its tasks' params (Airflow 3.3), so a later run on
+    the same DAG object whose conf omits a key still gets the earlier value."""
+    return runs.load_batch_dag()
+
+
 # -- the shared corpus run -----------------------------------------------------------------------------------
 
 

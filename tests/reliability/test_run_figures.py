@@ -45,23 +45,23 @@ def _shard_times(prefix: str, index: int) -> tuple[dt.datetime, dt.datetime, flo
     )
 
 
-def test_a_cleared_detect_task_changes_the_run_figures_by_its_own_duration_only(batch_dag, tmp_path):
+def test_a_cleared_detect_task_changes_the_run_figures_by_its_own_duration_only(own_dag, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):
         Image.new("RGB", (64, 48), (60 * i, 90, 160)).save(images / f"image-{i}.png")
     conf = runs.tiny_conf(tmp_path, str(images), shard_size=2)  # two shards: 2 images and 1
-    run = runs.run_dag(batch_dag, conf, DAY)
+    run = runs.run_dag(own_dag, conf, DAY)
     assert runs.state(run) == "success"
     prefix = runs.run_prefix(conf, run.run_id)
     before = _record(conf, run.run_id)
     first_start, first_end, first_shard_s = _shard_times(prefix, 0)
 
     time.sleep(GAP_S)
-    runs.clear_tasks(batch_dag, run.run_id, [("detect", 0), *DOWNSTREAM_OF_DETECT])
-    assert runs.run_to_completion(batch_dag, run.run_id) == "success"
+    runs.clear_tasks(own_dag, run.run_id, [("detect", 0), *DOWNSTREAM_OF_DETECT])
+    assert runs.run_to_completion(own_dag, run.run_id) == "success"
 
-    assert runs.task_instances(batch_dag.dag_id, run.run_id)[("detect", 0)] == ("success", 2)
+    assert runs.task_instances(own_dag.dag_id, run.run_id)[("detect", 0)] == ("success", 2)
     rerun_start, rerun_end, rerun_shard_s = _shard_times(prefix, 0)
     other_start, other_end, _ = _shard_times(prefix, 1)
     after = _record(conf, run.run_id)
