@@ -1,25 +1,30 @@
 """Benchmark: Faster R-CNN R50-FPN v1 on one GPU, through the engine's own API.
 
-Measured, each with the engine's code (`load_model`, `Detector`, `run_pipeline`, `python -m detection_engine`):
+Measured, each with the engine's code (`load_replicas`, `Detector`, `run_pipeline`, `python -m detection_engine`):
 
-1. images/s at batch 1/8/16/32 in fp32, fp16 and bf16 (`run_pipeline` over N JPEGs on local disk: fetch,
+1. images/s at batch auto (the engine's default, auto_batch.py) and 1/8/16/32 in fp32, fp16 and bf16 (`run_pipeline` over N JPEGs on local disk: fetch,
    decode and inference overlapped as in a shard), with the share of wall time the model is busy
    (`infer_s / wall_s`, the engine's own `model_busy_fraction`), mean GPU utilisation (NVML) and peak memory;
-2. agreement of fp16/bf16 detections with fp32 at the same batch size (same label, IoU >= 0.5);
+2. agreement with the fp32 default (fp32 at the auto batch), its detections taken as ground truth: COCO box
+   mAP (bench/box_map.py) of every row and of each fast path (channels_last in fp32 and at the fastest reduced
+   precision); targets: fp32 variants >= 0.99, reduced precision >= 0.95. Also the older F1 (same label,
+   IoU >= 0.5) against fp32 at the same batch size;
 3. decode: the engine's CPU decode (Pillow on its decode threads) against nvJPEG (`torchvision.io.decode_jpeg`
    on the GPU), decode alone and feeding the same `Detector`. GPU decode is not an engine option: this says
    whether it would be worth adding;
 4. end to end: one shard through `python -m detection_engine` (process start, CUDA init, model load, the data
-   path, results Parquet written) at fp16 and bf16 at the fastest batch size.
+   path, results Parquet written) at the fastest reduced precision and batch size, on `--devices cuda:0` and on
+   `--devices auto` (every visible GPU, one model replica each).
 
 Weights: torchvision's COCO weights when they are in the torch hub cache, else `--weights PATH` (a state dict),
 else random weights (speed is the same; agreement then has no detections to compare, and says so).
 
     .venv/bin/python bench/bench_gpu.py --out gpu.json               # on a CUDA machine
+    .venv/bin/python bench/bench_gpu.py --quick --out gpu.json       # <= 6 min on one H200: BENCHMARKS.md's tables
     .venv/bin/python bench/bench_gpu.py --allow-cpu                  # tiny smoke run on CPU: the script works
 
 Without CUDA the script refuses (exit 2) unless `--allow-cpu`, which runs it tiny (16 images at ~100 px, model
-size 64, batches 1 and 8, one run; fp16/bf16 fall back to fp32 on CPU as in the engine) to show it works, not
+size 64, batches auto, 1 and 8, one run; fp16/bf16 fall back to fp32 on CPU as in the engine) to show it works, not
 how fast anything is.
 
 Targets (issue #6): model busy >= 90%; >= 400 images/s end to end on one H200 at reduced precision.
@@ -28,6 +33,7 @@ Targets (issue #6): model busy >= 90%; >= 400 images/s end to end on one H200 at
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -49,16 +55,19 @@ add_source_paths()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from box_map import box_map  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
 from torchvision.models import get_model_weights  # noqa: E402
 
+from detection_engine.auto_batch import AUTO, choose_batch_size, parse_batch_size  # noqa: E402
 from detection_engine.decode import DEFAULT_MAX_PIXELS, decode_image  # noqa: E402
 from detection_engine.fetch import fetch_bytes  # noqa: E402
 from detection_engine.inference import Detections, Detector  # noqa: E402
 from detection_engine.metrics import UtilizationSampler  # noqa: E402
-from detection_engine.models import ModelOptions, effective_precision, load_model  # noqa: E402
+from detection_engine.models import ModelOptions, effective_precision  # noqa: E402
 from detection_engine.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 from detection_engine.preprocess import host_tensor  # noqa: E402
+from detection_engine.replicas import load_replicas  # noqa: E402
 
 MODEL = "fasterrcnn_resnet50_fpn"
 PHOTO_SHAPES = [
@@ -74,6 +83,8 @@ PHOTO_SHAPES = [
 SMOKE_SHAPES = [(128, 96), (96, 128), (112, 112)]
 MATCH_IOU = 0.5
 TARGET_BUSY, TARGET_IMAGES_PER_S = 0.90, 400.0
+TARGET_MAP = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.95}  # COCO box mAP against the fp32 default's detections
+QUICK_IMAGES, QUICK_BATCH_SIZES = 384, [AUTO, 8, 16]
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ class Plan:
     shapes: list[tuple[int, int]]
     min_size: int | None
     max_size: int | None
-    batch_sizes: list[int]
+    batch_sizes: list[int | str]
     precisions: list[str]
     runs: int
     weights: str
@@ -123,7 +134,7 @@ def plan(args: argparse.Namespace) -> Plan:
         SMOKE_SHAPES,
         64,
         128,
-        [b for b in args.batch_sizes if b <= 8][:2] or [1],
+        [AUTO, *[b for b in args.batch_sizes if b != AUTO and b <= 8][:2]],
         runs=1,
         **common,
     )
@@ -153,7 +164,8 @@ def throughput_grid(p: Plan, loaded, uris: list[str]) -> tuple[list[dict], dict]
     for requested in p.precisions:
         precision = effective_precision(requested, p.device)
         detector = Detector(loaded.model, p.device, precision, p.score_threshold, 50)
-        for batch_size in p.batch_sizes:
+        for requested_batch in p.batch_sizes:
+            batch_size = choose_batch_size(requested_batch, [detector])
             options = PipelineOptions(
                 batch_size=batch_size, fetch_workers=p.fetch_workers, decode_workers=p.decode_workers
             )
@@ -167,13 +179,14 @@ def throughput_grid(p: Plan, loaded, uris: list[str]) -> tuple[list[dict], dict]
                 busy.append(outcome.infer_s / outcome.wall_s)
                 utilization.append(sampler.mean)
                 peaks.append(peak_memory_mib(p.device))
-            found[(requested, batch_size)] = [r.detections for r in outcome.results]
+            found[(requested, requested_batch)] = [r.detections for r in outcome.results]
             wall = statistics.median(walls)
             rows.append(
                 {
                     "precision": requested,
                     "ran_as": precision,
                     "batch_size": batch_size,
+                    "batch": requested_batch,
                     "images": len(uris),
                     "wall_s": [round(w, 3) for w in walls],
                     "images_per_s": round(len(uris) / wall, 1),
@@ -182,18 +195,56 @@ def throughput_grid(p: Plan, loaded, uris: list[str]) -> tuple[list[dict], dict]
                     if None in utilization
                     else round(statistics.median(utilization), 1),
                     "peak_memory_mib": round(max(peaks), 1),
-                    "detections": sum(len(d) for d in found[(requested, batch_size)] if d is not None),
+                    "detections": sum(len(d) for d in found[(requested, requested_batch)] if d is not None),
                 }
             )
             print(f"  {requested} b={batch_size}: {rows[-1]['images_per_s']} images/s", file=sys.stderr)
+    default = found[("fp32", AUTO)]
     for row in rows:
-        reference = found.get(("fp32", row["batch_size"]))
+        reference = found.get(("fp32", row["batch"]))
+        mine = found[(row["precision"], row["batch"])]
         row["agreement_with_fp32"] = (
-            agreement(reference, found[(row["precision"], row["batch_size"])])
-            if reference is not None and row["precision"] != "fp32"
-            else None
+            agreement(reference, mine) if reference is not None and row["precision"] != "fp32" else None
         )
+        row["map_vs_fp32_default"] = _map(default, mine)
     return rows, found
+
+
+def _map(reference: list, candidate: list) -> float | None:
+    value = box_map(reference, candidate)
+    return None if value is None else round(value, 4)
+
+
+def fast_paths(p: Plan, loaded, uris: list[str], default: list, fastest: dict) -> list[dict]:
+    """Each fast path switched on alone, at the auto batch, scored against the fp32 default's detections."""
+    nhwc = copy.deepcopy(loaded.model).to(memory_format=torch.channels_last)
+    rows = []
+    for name, model, precision in [
+        ("channels_last", nhwc, "fp32"),
+        (f"channels_last + {fastest['precision']}", nhwc, fastest["ran_as"]),
+    ]:
+        detector = Detector(model, p.device, precision, p.score_threshold, 50)
+        options = PipelineOptions(
+            batch_size=choose_batch_size(AUTO, [detector]),
+            fetch_workers=p.fetch_workers,
+            decode_workers=p.decode_workers,
+        )
+        run_pipeline(uris[: max(2 * options.batch_size, 8)], detector, options)  # warm-up
+        outcome = run_pipeline(uris, detector, options)
+        rows.append(
+            {
+                "fast_path": name,
+                "precision": precision,
+                "batch_size": options.batch_size,
+                "images_per_s": round(len(uris) / outcome.wall_s, 1),
+                "model_busy": round(outcome.infer_s / outcome.wall_s, 3),
+                "map_vs_fp32_default": _map(default, [r.detections for r in outcome.results]),
+                "target": TARGET_MAP[precision],
+            }
+        )
+        print(f"  fast path {name}: {rows[-1]['images_per_s']} images/s", file=sys.stderr)
+    del nhwc
+    return rows
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -320,17 +371,20 @@ def synchronize(device: torch.device) -> None:
 # -- 4: one shard end to end ------------------------------------------------------------------------
 
 
-def shard_end_to_end(p: Plan, uris: list[str], workdir: Path, precision: str, batch_size: int) -> dict:
+def shard_end_to_end(
+    p: Plan, uris: list[str], workdir: Path, precision: str, batch_size: int, devices: str
+) -> dict:
     """`python -m detection_engine` on one shard of all the images, timed from spawn to exit."""
     manifest = workdir / "shard.txt"
     manifest.write_text("\n".join(uris) + "\n")
-    summary = workdir / f"summary-{precision}.json"
+    name = f"{precision}-{devices.replace(':', '').replace(',', '_')}"
+    summary = workdir / f"summary-{name}.json"
     command = [
         sys.executable,
         "-m",
         "detection_engine",
         f"--manifest={manifest}",
-        f"--output-prefix={workdir / f'shard-{precision}'}",
+        f"--output-prefix={workdir / f'shard-{name}'}",
         "--run-id=bench_gpu",
         "--run-date=2026-11-21",
         "--shard-index=0",
@@ -338,7 +392,7 @@ def shard_end_to_end(p: Plan, uris: list[str], workdir: Path, precision: str, ba
         f"--weights={p.weights}",
         f"--batch-size={batch_size}",
         f"--score-threshold={p.score_threshold}",
-        f"--device={p.device.type}",
+        f"--devices={devices}",
         f"--precision={precision}",
         f"--fetch-workers={p.fetch_workers}",
         f"--decode-workers={p.decode_workers}",
@@ -353,8 +407,9 @@ def shard_end_to_end(p: Plan, uris: list[str], workdir: Path, precision: str, ba
     if done.returncode != 0:
         raise SystemExit(f"the engine failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(summary.read_text())
-    metrics = json.loads((workdir / f"shard-{precision}" / "metrics" / "shard-00000.json").read_text())
+    metrics = json.loads((workdir / f"shard-{name}" / "metrics" / "shard-00000.json").read_text())
     return {
+        "devices": ", ".join(d["device"] for d in json.loads(metrics["devices"])),
         "precision": precision,
         "ran_as": metrics["precision"],
         "batch_size": batch_size,
@@ -406,11 +461,12 @@ def markdown(report: dict) -> str:
             "peak MiB",
             "agreement F1 vs fp32",
             "same images",
+            "mAP vs fp32 default",
         ],
         [
             [
                 r["precision"] + ("" if r["ran_as"] == r["precision"] else f" (ran {r['ran_as']})"),
-                r["batch_size"],
+                _batch(r),
                 r["images_per_s"],
                 f"{r['model_busy']:.0%}",
                 r["gpu_utilization"] if r["gpu_utilization"] is not None else "",
@@ -419,8 +475,23 @@ def markdown(report: dict) -> str:
                 f"{r['agreement_with_fp32']['same_images']}/{r['images']}"
                 if r["agreement_with_fp32"]
                 else "",
+                _map_cell(r["map_vs_fp32_default"], TARGET_MAP[r["ran_as"]]),
             ]
             for r in report["grid"]
+        ],
+    )
+    paths = markdown_table(
+        ["fast path", "precision", "batch", "images/s", "model busy", "mAP vs fp32 default"],
+        [
+            [
+                r["fast_path"],
+                r["precision"],
+                r["batch_size"],
+                r["images_per_s"],
+                f"{r['model_busy']:.0%}",
+                _map_cell(r["map_vs_fp32_default"], r["target"]),
+            ]
+            for r in report["fast_paths"]
         ],
     )
     d = report["decode"]
@@ -433,6 +504,7 @@ def markdown(report: dict) -> str:
         )
     shards = markdown_table(
         [
+            "devices",
             "precision",
             "batch",
             "images",
@@ -444,6 +516,7 @@ def markdown(report: dict) -> str:
         ],
         [
             [
+                r["devices"],
                 r["precision"] + ("" if r["ran_as"] == r["precision"] else f" (ran {r['ran_as']})"),
                 r["batch_size"],
                 r["images"],
@@ -468,11 +541,23 @@ def markdown(report: dict) -> str:
         [
             head,
             grid,
+            "Fast paths, each alone at the auto batch (mAP: COCO box mAP against the fp32 default's detections, "
+            "target >= 0.99 in fp32, >= 0.95 reduced):\n\n" + paths,
             decode_section,
             f"One shard end to end (`python -m detection_engine`):\n\n{shards}",
             verdict,
         ]
     )
+
+
+def _batch(row: dict) -> str:
+    return f"auto ({row['batch_size']})" if row["batch"] == AUTO else str(row["batch_size"])
+
+
+def _map_cell(value: float | None, target: float) -> str:
+    if value is None:
+        return "n/a (no reference detections)"
+    return f"{value:.4f} ({'met' if value >= target else 'MISSED'} >= {target})"
 
 
 def _decode_table(d: dict) -> str:
@@ -524,12 +609,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=2048)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_IMAGES} images, batches {' '.join(map(str, QUICK_BATCH_SIZES))}, one run (<= 6 min, one H200)",
+    )
+    parser.add_argument("--images", type=int, default=None, help="default 2048 (--quick: fewer)")
+    parser.add_argument(
+        "--batch-sizes", type=parse_batch_size, nargs="+", default=None, help="'auto' and/or sizes"
+    )
     parser.add_argument(
         "--precisions", nargs="+", choices=["fp32", "fp16", "bf16"], default=["fp32", "fp16", "bf16"]
     )
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=None, help="default 3 (--quick: 1)")
     parser.add_argument(
         "--weights", default=None, help="DEFAULT | state dict path | none (default: see above)"
     )
@@ -546,6 +638,11 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
+    args.images = args.images or (QUICK_IMAGES if args.quick else 2048)
+    args.batch_sizes = args.batch_sizes or (QUICK_BATCH_SIZES if args.quick else [AUTO, 1, 8, 16, 32])
+    if AUTO not in args.batch_sizes:
+        args.batch_sizes.insert(0, AUTO)  # the fp32 default: the reference for agreement
+    args.runs = args.runs or (1 if args.quick else 3)
     if "fp32" not in args.precisions:
         args.precisions.insert(0, "fp32")  # the reference for agreement
     if not torch.cuda.is_available() and not args.allow_cpu:
@@ -561,29 +658,28 @@ def main() -> int:
     print(f"bench_gpu: {'smoke run on CPU' if p.smoke else p.device}; workdir {workdir}", file=sys.stderr)
     images = write_images(workdir / "images", p.images, p.shapes, seed=0)
     uris = [str(path) for path in images.good]
-    loaded = load_model(
-        ModelOptions(
-            MODEL,
-            weights=p.weights,
-            device=p.device.type,
-            min_size=p.min_size,
-            max_size=p.max_size,
-            score_threshold=p.score_threshold,
-            max_detections=50,
-        )
+    options = ModelOptions(
+        MODEL,
+        weights=p.weights,
+        min_size=p.min_size,
+        max_size=p.max_size,
+        score_threshold=p.score_threshold,
+        max_detections=50,
     )
+    (loaded,) = load_replicas(options, [p.device])
 
-    grid, _ = throughput_grid(p, loaded, uris)
+    grid, found = throughput_grid(p, loaded, uris)
     fastest = max((r for r in grid if r["precision"] != "fp32") or grid, key=lambda r: r["images_per_s"])
+    paths = fast_paths(p, loaded, uris, found[("fp32", AUTO)], fastest)
     detector = Detector(loaded.model, p.device, fastest["ran_as"], p.score_threshold, 50)
     try:
         decode = decode_comparison(p, detector, uris, fastest["batch_size"])
     except Exception as exc:  # e.g. a torchvision built without nvJPEG: keep the other figures
         decode = {"error": f"{type(exc).__name__}: {exc}"}
+    one_device = "cuda:0" if p.device.type == "cuda" else "cpu"
     shards = [
-        shard_end_to_end(p, uris, workdir, precision, fastest["batch_size"])
-        for precision in p.precisions
-        if precision != "fp32"
+        shard_end_to_end(p, uris, workdir, fastest["precision"], fastest["batch_size"], devices)
+        for devices in (one_device, "auto")
     ]
     report = {
         "machine": machine(p),
@@ -599,6 +695,7 @@ def main() -> int:
             "score_threshold": p.score_threshold,
         },
         "grid": grid,
+        "fast_paths": paths,
         "decode": decode,
         "shards": shards,
         "verdict": verdict(grid, shards),
