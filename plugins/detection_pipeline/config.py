@@ -154,10 +154,13 @@ class RunConfig:
         {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         default=bounded_read.DEFAULT_TIMEOUT_S,
     )
-    shard_size: int = _field(
-        "Images per shard (one pod each); more shards than max_shards are never made, so shards grow instead.",
-        {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+    shard_size: int | str = _field(
+        "Images per shard (one pod each), or 'auto': sized for ten minutes per pod from the images/s per GPU that "
+        "earlier runs of this model on this hardware recorded (shard_size.py), 1000 without such runs. More "
+        "shards than max_shards are never made, so shards grow instead.",
+        {"type": ["integer", "string"], "minimum": 1, "maximum": 10_000_000, "pattern": "^auto$"},
         default=1000,
+        hint="'auto' or an integer from 1 to 10000000",
     )
     max_shards: int = _field(
         "At most this many shards (pods) per run; also capped by Airflow's core.max_map_length.",

@@ -28,6 +28,7 @@ from detection_engine import layout, schema
 from detection_pipeline import storage
 from detection_pipeline.config import RunConfig
 from detection_pipeline.errors import PermanentError
+from detection_pipeline.shard_size import DEFAULT_SHARD_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,10 @@ def shard_count(images: int, config: RunConfig) -> int:
     """How many shards `images` unique images make under the run's shard_size and caps (0 for none)."""
     if images <= 0:
         return 0
-    return min(math.ceil(images / config.shard_size), config.max_shards, max_map_length())
+    # 'auto' is resolved from the warehouse before the manifest is built (shard_size.py); unresolved, it is
+    # the default size.
+    size = config.shard_size if isinstance(config.shard_size, int) else DEFAULT_SHARD_SIZE
+    return min(math.ceil(images / size), config.max_shards, max_map_length())
 
 
 def shard_indices(start: int, stop: int, images: int, shards: int) -> np.ndarray:

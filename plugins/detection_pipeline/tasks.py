@@ -84,6 +84,12 @@ def build_manifest(run: dict) -> dict:
     from detection_pipeline.settings import load_settings
 
     config = _config(run)
+    if config.shard_size == "auto":  # sized from the speed earlier runs recorded (shard_size.py)
+        from detection_pipeline.shard_size import resolve
+
+        history = _warehouse(run)
+        history.ensure_tables()
+        config = resolve(config, history.runs())
     already_processed = None
     if config.incremental:
         warehouse = _warehouse(run)
