@@ -40,6 +40,9 @@ from torchvision.transforms.functional import to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "inference_image"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from box_map import box_map  # noqa: E402
 
 from detection_engine.inference import Detections, Detector  # noqa: E402
 from detection_engine.metrics import device_info  # noqa: E402
@@ -262,6 +265,8 @@ def main() -> int:
                         else None,
                         "peak_rss_mb": round(peaks[config.label]),
                         "identical_to_naive": f"{identical}/{len(paths)}",
+                        # COCO box mAP with the naive loop's detections as ground truth (1.0: the same).
+                        "map_vs_naive": box_map(reference, found[config.label]),
                         "detections": sum(len(d) for d in found[config.label]),
                     }
                 )
@@ -291,15 +296,16 @@ def markdown(report: dict) -> str:
         f"({report['torch_threads']} threads); median of {report['runs']} runs",
         "",
         "| size | configuration | images | median wall s | images/s | vs naive (wall) | CPU s/image "
-        "| vs naive (CPU) | model busy | peak RSS MB | same detections as naive |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs naive (CPU) | model busy | peak RSS MB | same detections as naive | mAP vs naive |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         busy = "" if r["model_busy"] is None else f"{r['model_busy']:.2f}"
+        agreement = "" if r.get("map_vs_naive") is None else f"{r['map_vs_naive']:.4f}"
         lines.append(
             f"| {r['size']} | {r['config']} | {r['images']} | {r['median_s']} | {r['images_per_s']} | "
             f"{r['speedup']}x | {r['cpu_s_per_image']} | {r['cpu_speedup']}x | {busy} | {r['peak_rss_mb']} | "
-            f"{r['identical_to_naive']} |"
+            f"{r['identical_to_naive']} | {agreement} |"
         )
     return "\n".join(lines)
 
