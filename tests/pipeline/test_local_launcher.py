@@ -129,7 +129,8 @@ def test_a_bad_argument_fails_the_task_with_the_engine_message_and_no_retry(shar
         operator.execute(context={})
 
     assert str(failure.value) == (
-        "detection engine exited with code 2: detection_engine: error: argument --batch-size: must be >= 1, got 0"
+        "detection engine exited with code 2: detection_engine: error: "
+        "argument --batch-size: must be 'auto' or an integer >= 1, got 0"
     )
     assert not Path(layout.shard_results_uri(shard["run_prefix"], 0)).exists()
 
