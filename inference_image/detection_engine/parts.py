@@ -100,7 +100,7 @@ def read_committed(output_prefix: str, shard_index: int, uris: Sequence[str], ct
     except FileNotFoundError:
         names = []
     except Exception as exc:  # the output prefix is unusable: the same failure as an unwritable results file
-        raise OutputError(f"cannot list the parts under {uri}: {type(exc).__name__}: {exc}") from None
+        raise OutputError(f"cannot write the parts under {uri}: {type(exc).__name__}: {exc}") from None
     attempts, tables = [], []
     for name in names:
         path = f"{root.rstrip('/')}/{name}"
