@@ -85,20 +85,22 @@ def software_versions() -> dict:
 
 
 class UtilizationSampler:
-    """Mean GPU utilisation (NVML, through torch.cuda.utilization) sampled on a thread while the shard runs.
+    """Mean GPU utilisation (NVML, through torch.cuda.utilization) sampled on a thread while the shard runs,
+    averaged over the shard's CUDA devices (one replica each).
 
     `mean` stays None on CPU, or where NVML is unavailable (no nvidia-ml-py, no driver library).
     """
 
-    def __init__(self, device: torch.device, interval_s: float = 1.0) -> None:
-        self._device = device
+    def __init__(self, device: torch.device | Sequence[torch.device], interval_s: float = 1.0) -> None:
+        devices = [device] if isinstance(device, torch.device) else list(device)
+        self._cuda = list(dict.fromkeys(d for d in devices if d.type == "cuda"))
         self._interval_s = interval_s
         self._samples: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> UtilizationSampler:
-        if self._device.type == "cuda" and self._sample():
+        if self._cuda and self._sample():
             self._thread = threading.Thread(target=self._loop, name="gpu-utilization", daemon=True)
             self._thread.start()
         return self
@@ -110,7 +112,7 @@ class UtilizationSampler:
 
     def _sample(self) -> bool:
         try:
-            self._samples.append(float(torch.cuda.utilization(self._device)))
+            self._samples.append(float(np.mean([torch.cuda.utilization(d) for d in self._cuda])))
             return True
         except Exception:
             return False

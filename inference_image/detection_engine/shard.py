@@ -94,7 +94,7 @@ def run_shard(job: ShardJob, stop: Callable[[], bool] | None = None) -> dict:
         job.output_prefix, uris, context, job.commit, started=started, started_at=started_at
     )
     progress = Progress(job.shard_index, len(resume.remaining), job.log_interval_s)
-    with UtilizationSampler(loaded.device) as utilization:
+    with UtilizationSampler([r.device for r in replicas]) as utilization:
         try:
             outcome = run_pipeline(
                 resume.remaining, detectors, job.pipeline, progress.update, resume.add, stop
