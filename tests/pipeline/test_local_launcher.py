@@ -168,3 +168,21 @@ def test_the_pod_sets_the_variable_the_engine_reads_its_image_from():
     from detection_engine.metrics import CONTAINER_IMAGE_ENV  # torch side
 
     assert IMAGE_ENV == CONTAINER_IMAGE_ENV
+
+
+@pytest.mark.parametrize(
+    ("code", "permanent", "says"),
+    [
+        (2, True, "code 2"),
+        (3, True, "code 3"),
+        (1, False, "code 1"),
+        (4, False, "code 4"),
+        (5, False, "preempted"),
+    ],
+)
+def test_engine_exit_codes_fail_the_task_with_or_without_retry(code, permanent, says):
+    from detection_pipeline.launch.local import engine_failure
+
+    failure = engine_failure(code, "detection_engine: error: the reason")
+    assert isinstance(failure, AirflowFailException) is permanent
+    assert says in str(failure) and "the reason" in str(failure)

@@ -37,6 +37,17 @@ PREEMPTED_EXIT_CODE = 5
 SUMMARY_FILE = "return.json"
 
 
+def engine_failure(returncode: int, last_error: str | None) -> AirflowException:
+    """What a non-zero engine exit fails the task with: no retry for 2 and 3; a retry for the rest, and for 5
+    (preempted) one that resumes from the committed parts."""
+    message = f"detection engine exited with code {returncode}: {last_error or '(no message)'}"
+    if returncode in PERMANENT_EXIT_CODES:
+        return AirflowFailException(message)
+    if returncode == PREEMPTED_EXIT_CODE:
+        return AirflowException(f"shard preempted, the retry resumes where it stopped: {message}")
+    return AirflowException(message)
+
+
 class LocalShardOperator(BaseOperator):
     """Run `python -m detection_engine <arguments>` for one shard and return its summary, as the pod would."""
 
@@ -71,12 +82,7 @@ class LocalShardOperator(BaseOperator):
             self.log.info("Running %s", shlex.join(command))
             returncode, last_error = self._run(command, self._environment())
             if returncode != 0:
-                message = f"detection engine exited with code {returncode}: {last_error or '(no message)'}"
-                if returncode in PERMANENT_EXIT_CODES:
-                    raise AirflowFailException(message)
-                if returncode == PREEMPTED_EXIT_CODE:
-                    message = f"shard preempted, the retry resumes where it stopped: {last_error}"
-                raise AirflowException(message)
+                raise engine_failure(returncode, last_error)
             if not summary_path.exists():
                 raise AirflowException(f"detection engine exited 0 but wrote no summary at {summary_path}")
             return json.loads(summary_path.read_text())
