@@ -1,7 +1,8 @@
 """One shard, start to finish: read its manifest, load the model once, run the pipeline, write its files.
 
 Files are written in the order results, metrics, summary, so a summary (what Airflow reads back) only exists
-once the shard's data does.
+once the shard's data does. While it runs, finished images are committed as parts (parts.py), which are
+removed after the metrics are written: a kill before that leaves parts the next attempt resumes from.
 """
 
 from __future__ import annotations

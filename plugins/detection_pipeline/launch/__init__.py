@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["detect_shard_kwargs", "detect_task", "engine_arguments"]
 
 TASK_ID = "detect"
-# A retry re-runs the whole shard and replaces its files (atomic writes), so retrying is always safe; it
-# covers preempted GPU nodes and transient storage errors.
+# A retry resumes the shard from the parts its earlier attempts committed and replaces its files (atomic
+# writes), so retrying is always safe; it covers preempted (spot) GPU nodes and transient storage errors.
 RETRIES = 3
 # Shown in the grid instead of a bare map index; both operators keep the per-shard `labels`.
 MAP_INDEX_TEMPLATE = "shard {{ task.labels['shard'] }} ({{ task.labels['images'] }} images)"
