@@ -77,8 +77,7 @@ class RunConfig:
         "Where results and run records are loaded: duckdb:///abs/path.duckdb or bigquery://project/dataset.",
         {
             "type": "string",
-            "pattern": r"^(?:duckdb:///[^?#\u0000-\u001f]*\.duckdb|bigquery://[a-z][a-z0-9-]{4,28}[a-z0-9]/"
-            r"[A-Za-z0-9_]{1,1024}(?:\?location=[A-Za-z][A-Za-z0-9-]{1,39})?)$",
+            "pattern": uris.WAREHOUSE_PATTERN,
         },
         hint="duckdb:///absolute/path.duckdb or bigquery://<project>/<dataset>",
     )

@@ -52,15 +52,26 @@ IMAGE_REFERENCE = (
 # Kubernetes names and label values (RFC 1123 label): namespaces, GPU accelerator labels, machine types.
 DNS_LABEL = r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$"
 
-# Warehouse URIs, the same grammar `warehouse.open_warehouse` accepts. Project and dataset names are checked
-# strictly because they end up inside SQL (`project.dataset.table`), where identifiers cannot be parameters.
+# Warehouse URIs: this module's `parse_warehouse` is the one parser (`warehouse.open_warehouse` dispatches on
+# its result, the run config's Param pattern is built from the same pieces). Project and dataset names are
+# checked strictly because they end up inside SQL (`project.dataset.table`), where identifiers cannot be
+# parameters. Google's rules: project ids are 6-30 lowercase letters, digits and hyphens, starting with a letter
+# and not ending with a hyphen; dataset and table names are letters, digits and underscores.
 BIGQUERY_PROJECT = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
 BIGQUERY_DATASET = r"[A-Za-z0-9_]{1,1024}"
 BIGQUERY_LOCATION = r"[A-Za-z][A-Za-z0-9-]{1,39}"
 _BIGQUERY = re.compile(
-    rf"^bigquery://({BIGQUERY_PROJECT})/({BIGQUERY_DATASET})(?:\?location=({BIGQUERY_LOCATION}))?$"
+    r"^bigquery://(?P<project>[^/?#]*)/(?P<dataset>[^/?#]*)(?:\?location=(?P<location>[^&#]*))?$"
 )
-_DUCKDB = re.compile(r"^duckdb://(/[^?#]*[^/?#]\.duckdb)$")
+_DUCKDB = re.compile(r"^duckdb://(?P<path>/[^?#]*[^/?#]\.duckdb)$")
+# The same grammar as a JSON-schema pattern for the Param form (which cannot call a function).
+WAREHOUSE_PATTERN = (
+    r"^(?:duckdb:///[^?#\u0000-\u001f]*\.duckdb"
+    rf"|bigquery://{BIGQUERY_PROJECT}/{BIGQUERY_DATASET}(?:\?location={BIGQUERY_LOCATION})?)$"
+)
+_EXPECTED_WAREHOUSE = (
+    "expected duckdb:///absolute/path/file.duckdb or bigquery://project-id/dataset[?location=LOC]"
+)
 
 # Date placeholders an input URI may carry, resolved from the run's logical date.
 PLACEHOLDERS = {
@@ -190,7 +201,9 @@ def static_prefix(uri: str) -> str:
 
 
 @dataclass(frozen=True)
-class Warehouse:
+class WarehouseURI:
+    """A parsed warehouse URI (the `warehouse.Warehouse` classes are what it opens)."""
+
     kind: str  # duckdb | bigquery
     path: str | None = None  # duckdb: absolute path of the database file
     project: str | None = None  # bigquery
@@ -198,27 +211,47 @@ class Warehouse:
     location: str | None = None  # bigquery, optional
 
 
-def parse_warehouse(uri: str) -> Warehouse:
-    """`duckdb:///abs/path.duckdb` or `bigquery://<project>/<dataset>[?location=EU]`, checked strictly."""
-    if not isinstance(uri, str):
-        raise URIError("must be a string")
-    if CONTROL_CHARACTERS.search(uri):
-        raise URIError(f"{uri!r} contains a control character")
-    if match := _DUCKDB.match(uri):
-        path = match.group(1)
-        if PARENT_SEGMENT.search(path):
-            raise URIError(f"{uri!r}: the DuckDB path contains a '..' segment")
-        return Warehouse("duckdb", path=path)
-    if match := _BIGQUERY.match(uri):
-        return Warehouse("bigquery", project=match.group(1), dataset=match.group(2), location=match.group(3))
-    if uri.startswith("bigquery://"):
+def check_bigquery_names(project: str | None, dataset: str | None, location: str | None = None) -> None:
+    """URIError unless the project, dataset and location are names BigQuery accepts (they reach SQL)."""
+    if not re.fullmatch(BIGQUERY_PROJECT, project or ""):
         raise URIError(
-            f"{uri!r}: expected bigquery://<project>/<dataset>[?location=LOC] with a GCP project id "
-            "(6-30 of a-z, 0-9 and '-', starting with a letter) and a dataset of letters, digits and '_'"
+            f"invalid BigQuery project id {project!r}: 6-30 lowercase letters, digits or hyphens, "
+            "starting with a letter"
         )
+    if not re.fullmatch(BIGQUERY_DATASET, dataset or ""):
+        raise URIError(f"invalid BigQuery dataset {dataset!r}: letters, digits and underscores only")
+    if location is not None and not re.fullmatch(BIGQUERY_LOCATION, location):
+        raise URIError(f"invalid BigQuery location {location!r}: e.g. US, EU, europe-west4")
+
+
+def parse_warehouse(uri: str) -> WarehouseURI:
+    """`duckdb:///abs/path.duckdb` or `bigquery://<project>/<dataset>[?location=EU]`, checked strictly."""
+    if not isinstance(uri, str) or not uri:
+        raise URIError(f"invalid warehouse URI {uri!r}: {_EXPECTED_WAREHOUSE}")
+    if CONTROL_CHARACTERS.search(uri):
+        raise URIError(f"invalid warehouse URI {uri!r}: contains a control character")
     if uri.startswith("duckdb:"):
-        raise URIError(f"{uri!r}: expected duckdb:///absolute/path/to/file.duckdb")
-    raise URIError(f"{uri!r}: expected duckdb:///absolute/path.duckdb or bigquery://<project>/<dataset>")
+        match = _DUCKDB.match(uri)
+        if not match:
+            raise URIError(
+                f"invalid DuckDB warehouse URI {uri!r}: expected duckdb:/// followed by an absolute path "
+                "ending in .duckdb (three slashes), with no query or fragment"
+            )
+        if PARENT_SEGMENT.search(match["path"]):
+            raise URIError(f"invalid DuckDB warehouse URI {uri!r}: the path contains a '..' segment")
+        return WarehouseURI("duckdb", path=match["path"])
+    if uri.startswith("bigquery:"):
+        match = _BIGQUERY.match(uri)
+        if not match:
+            raise URIError(f"invalid BigQuery warehouse URI {uri!r}: expected bigquery://project-id/dataset")
+        try:
+            check_bigquery_names(match["project"], match["dataset"], match["location"])
+        except URIError as error:
+            raise URIError(f"{error} in {uri!r}: expected bigquery://project-id/dataset") from None
+        return WarehouseURI(
+            "bigquery", project=match["project"], dataset=match["dataset"], location=match["location"]
+        )
+    raise URIError(f"unsupported warehouse URI {uri!r}: {_EXPECTED_WAREHOUSE}")
 
 
 # -- names ---------------------------------------------------------------------------------------

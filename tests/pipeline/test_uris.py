@@ -164,8 +164,8 @@ def test_placeholders_resolve_and_reject_unknown_names():
 
 
 def test_parse_warehouse():
-    assert uris.parse_warehouse("duckdb:///var/w.duckdb") == uris.Warehouse("duckdb", path="/var/w.duckdb")
-    assert uris.parse_warehouse("bigquery://my-project/detection?location=EU") == uris.Warehouse(
+    assert uris.parse_warehouse("duckdb:///var/w.duckdb") == uris.WarehouseURI("duckdb", path="/var/w.duckdb")
+    assert uris.parse_warehouse("bigquery://my-project/detection?location=EU") == uris.WarehouseURI(
         "bigquery", project="my-project", dataset="detection", location="EU"
     )
     for bad in ("bigquery://my-project/detection.results", "bigquery://my_project/d", "duckdb:///w.db"):

@@ -40,13 +40,9 @@ RUN_COUNT_KEYS = (
 )
 
 _RUN_ID = re.compile(r"^[^\x00-\x1f]{1,250}$")
-# Google's rules: project ids are 6-30 lowercase letters, digits and hyphens, starting with a letter and not
-# ending with a hyphen; dataset and table names are letters, digits and underscores; locations like US or
-# europe-west4. Names are checked before they are ever put into SQL (identifiers cannot be query parameters).
-PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-DATASET_ID = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+# Table names are checked before they are ever put into SQL (identifiers cannot be query parameters); project,
+# dataset and location follow the warehouse URI grammar in `uris`.
 TABLE_ID = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-LOCATION = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,39}$")
 
 
 class WarehouseError(RuntimeError):

@@ -39,10 +39,8 @@ import fsspec
 import pyarrow as pa
 
 from detection_engine import schema
+from detection_pipeline import uris
 from detection_pipeline.warehouse.base import (
-    DATASET_ID,
-    LOCATION,
-    PROJECT_ID,
     TABLE_ID,
     LoadStats,
     Warehouse,
@@ -139,12 +137,7 @@ class BigQueryWarehouse(Warehouse):
         hook: Any = None,
         fingerprint: Fingerprint = gcs_generations,
     ) -> None:
-        if not PROJECT_ID.match(project or ""):
-            raise ValueError(f"invalid BigQuery project id {project!r}")
-        if not DATASET_ID.match(dataset or ""):
-            raise ValueError(f"invalid BigQuery dataset {dataset!r}")
-        if location is not None and not LOCATION.match(location):
-            raise ValueError(f"invalid BigQuery location {location!r}")
+        uris.check_bigquery_names(project, dataset, location)
         self.project, self.dataset, self.location = project, dataset, location
         self.gcp_conn_id = gcp_conn_id
         self._hook = hook
