@@ -16,8 +16,11 @@ import logging
 import re
 import traceback
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
-_URL_QUERY = re.compile(r"(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s?#]*)[?#][^\s'\"<>)\]]*")
+# A `***` already put in place of credentials or a query (`uris.redact`, for records) is left as it is, so that
+# text redacted once keeps its mask when a log record of it is redacted again.
+_MASKED = r"\*\*\*(?=[:,;.]?(?:$|[\s'\"<>)\]]))"
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?!\*\*\*@)[^/\s@]+@")
+_URL_QUERY = re.compile(rf"(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s?#]*)(?!\?{_MASKED})[?#][^\s'\"<>)\]]*")
 _SECRET_PARAM = re.compile(
     r"(?i)\b(?P<key>access_token|token|key|sig|signature|password|secret|credential)s?=[^&\s'\"]+"
 )

@@ -6,7 +6,10 @@ from datetime import datetime
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from detection_engine.redaction import redact_text
 from detection_pipeline import uri_columns, uris
 
 # Spellings a listing or a hand-written manifest produces, with their canonical form.
@@ -176,3 +179,18 @@ def test_parse_warehouse():
 def test_redact_masks_userinfo_and_query_only_on_http():
     assert uris.redact("https://u:p@host/a.csv?sig=1") == "https://***@host/a.csv?***"
     assert uris.redact("gs://bucket/a?b.jpg") == "gs://bucket/a?b.jpg"
+
+
+_SECRET = st.text(st.characters(codec="ascii", categories=("L", "N")), min_size=3, max_size=12)
+
+
+@given(
+    user=_SECRET, password=_SECRET, token=_SECRET, path=st.from_regex(r"/[a-z0-9/._-]{0,20}", fullmatch=True)
+)
+def test_a_redacted_uri_keeps_its_mask_when_the_log_line_holding_it_is_redacted(user, password, token, path):
+    """Task logs pass through `redaction.redact_text` (the record factory) after `uris.redact`: the masks stay."""
+    masked = uris.redact(f"https://{user}:{password}@host:8080{path}?token={token}&a=1")
+    line = f"manifest of {masked}: 3 distinct URIs, from {masked}."
+
+    assert masked == f"https://***@host:8080{path}?***"
+    assert redact_text(line) == line
