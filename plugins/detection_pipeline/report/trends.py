@@ -25,7 +25,7 @@ MIN_BAND = 0.05  # ... but never under 5% of the median
 METRICS: dict[str, tuple[str, bool | None]] = {  # column -> (label, worse when higher; None: never judged)
     "images_per_s": ("images/s", False),
     "cost_per_1000": ("cost per 1,000 images (USD)", True),
-    "wall_s": ("runtime (s)", None),  # shown, not judged: a cleared run or a cold start moves it
+    "wall_s": ("runtime (s)", None),  # shown, not judged: input size and cold starts move it
 }
 VERSIONS = {  # column -> label; what may change between runs of one workload
     "torch_version": "torch",
