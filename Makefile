@@ -11,12 +11,12 @@ REQS   := requirements.txt inference_image/requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-$(STAMP): $(REQS) inference_image/pyproject.toml
+$(STAMP): $(REQS) inference_image/pyproject.toml plugins/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(addprefix -r ,$(REQS))
-	$(BIN)/python -m pip install --quiet --no-deps -e inference_image
+	$(BIN)/python -m pip install --quiet --no-deps -e inference_image -e plugins
 	touch $(STAMP)
 
 demo: install

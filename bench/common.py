@@ -84,7 +84,7 @@ def machine_info() -> dict:
 def airflow_environment(home: Path, *, input_uri: Path, output_uri: Path, warehouse: Path) -> None:
     """Point Airflow and the DAG's deployment settings at `home`; must run before Airflow is imported.
 
-    Like tests/airflow_env.py: a fresh SQLite metadata DB, no examples, this repository's dags/ and plugins/,
+    Like tests/airflow_env.py: a fresh SQLite metadata DB, no examples, this repository's dags/,
     the embedded default (local launcher, local files, DuckDB), and no DETECTION_* setting from the caller's
     shell. Task logs at WARNING, so a long run does not print every engine progress line.
     """
@@ -98,7 +98,6 @@ def airflow_environment(home: Path, *, input_uri: Path, output_uri: Path, wareho
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",

@@ -29,10 +29,11 @@ from urllib.parse import urlsplit
 import yaml
 
 IMAGE_HOME = "/opt/airflow"  # AIRFLOW_HOME in the apache/airflow image
-# Airflow's defaults under the image's AIRFLOW_HOME, which each container gets without saying so.
+# Airflow's defaults under the image's AIRFLOW_HOME, which each container gets without saying so, for the
+# folders compose mounts. The plugins folder is not one: it stays Airflow's default, the (empty) plugins/ of each
+# service's own AIRFLOW_HOME here as in the image, since the project's packages are installed, not mounted.
 IMAGE_DEFAULTS = {
     "AIRFLOW__CORE__DAGS_FOLDER": f"{IMAGE_HOME}/dags",
-    "AIRFLOW__CORE__PLUGINS_FOLDER": f"{IMAGE_HOME}/plugins",
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": f"{IMAGE_HOME}/logs",
 }
 # Settings of the ports a container has to itself; on one machine each gets a port of its own.

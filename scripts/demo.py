@@ -27,7 +27,6 @@ def _environment() -> dict[str, str]:
         "AIRFLOW_HOME": str(VAR / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "DETECTION_LAUNCHER": "local",
         "DETECTION_INPUT_URI": str(IMAGES),

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         with deployment:
             print(
                 f"\nAirflow UI: {deployment.api_url}  (SimpleAuthManager, all admins: no login needed)\n"
-                f"DAGs from {ROOT / 'dags'}, plugins from {ROOT / 'plugins'}; service logs in "
+                f"DAGs from {ROOT / 'dags'}; service logs in "
                 f"{deployment.state / 'logs'}. Ctrl-C stops every service.",
                 flush=True,
             )

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
+from tests.airflow_env import load_batch_dag
 from tests.gcs_emulator import GcsEmulator
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Migrate the session's throwaway SQLite metadata DB (see tests/airflow_env.py) once."""
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture
+def load_dag(airflow_db, monkeypatch):
+    """The batch DAG parsed afresh under the given deployment settings (the local launcher unless given)."""
+
+    def _load(**env: str):
+        for key, value in {"DETECTION_LAUNCHER": "local", **env}.items():
+            monkeypatch.setenv(key, value)
+        return load_batch_dag()
+
+    return _load
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The Airflow-side versions a run record carries: Airflow, the two providers, this project, Python.
+"""The Airflow-side versions a run record carries: Airflow, the two providers, this project (the
+detection-pipeline distribution, plugins/pyproject.toml), Python.
 
 Read from installed package metadata, so it is cheap and never imports the packages. The engine-side versions
 (torch, torchvision, CUDA) come from the shard metrics, written inside the pod that ran the model.
@@ -12,7 +13,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-PROJECT = "airflow-batch-detection"
+PROJECT = "detection-pipeline"
 
 DISTRIBUTIONS = {
     "airflow_version": "apache-airflow",
@@ -21,7 +22,7 @@ DISTRIBUTIONS = {
     "project_version": PROJECT,
 }
 
-_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
 @cache
@@ -41,7 +42,7 @@ def _installed(distribution: str) -> str | None:
 
 
 def _source_tree_version() -> str | None:
-    """The version in pyproject.toml when the project runs from its source tree (plugins/ on the path)."""
+    """The version in plugins/pyproject.toml when the package runs from its source tree, not installed."""
     try:
         project = tomllib.loads(_PYPROJECT.read_text())["project"]
     except (OSError, KeyError, tomllib.TOMLDecodeError):

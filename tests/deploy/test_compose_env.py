@@ -62,7 +62,8 @@ def test_the_scheduler_gets_composes_environment_with_hosts_paths_and_home_mappe
     )
     assert environment["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
     assert environment["AIRFLOW__CORE__DAGS_FOLDER"] == str(ROOT / "dags")
-    assert environment["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(ROOT / "plugins")
+    # the plugins folder is Airflow's default, AIRFLOW_HOME/plugins, as in the image: nothing is mounted there
+    assert "AIRFLOW__CORE__PLUGINS_FOLDER" not in environment
     assert environment["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] == str(tmp_path / "state/volumes/airflow-logs")
     assert environment["DETECTION_WAREHOUSE"] == f"duckdb:///{tmp_path / 'var/warehouse.duckdb'}"
     assert environment["DETECTION_INPUT_URI"] == str(tmp_path / "var/demo/images")

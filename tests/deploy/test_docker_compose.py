@@ -36,12 +36,13 @@ def test_compose_has_airflow3_services_and_postgres():
     assert services["postgres"]["image"].startswith("postgres:")
 
 
-def test_airflow_services_mount_dags_and_plugins_and_use_postgres():
+def test_airflow_services_mount_dags_and_use_postgres_and_the_installed_package():
     services = _compose()["services"]
     for name in [*AIRFLOW_SERVICES, "airflow-init"]:
         service = services[name]
         assert "./dags:/opt/airflow/dags" in service["volumes"]
-        assert "./plugins:/opt/airflow/plugins" in service["volumes"]
+        # detection_pipeline is installed in the image: no second copy of it on the path from a mount
+        assert not any(volume.startswith("./plugins:") for volume in service["volumes"])
         assert service["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
 
 
@@ -50,6 +51,10 @@ def test_the_image_installs_the_project_requirements():
     build = compose["services"]["airflow-scheduler"]["build"]
     dockerfile = (ROOT / build["context"] / build["dockerfile"]).read_text()
     assert "COPY requirements.txt" in dockerfile and "-r /tmp/requirements.txt" in dockerfile
+    assert (
+        "COPY plugins /tmp/plugins" in dockerfile
+        and "--no-deps /tmp/inference_image /tmp/plugins" in dockerfile
+    )
     airflow_pin = next(
         line
         for line in (ROOT / "requirements.txt").read_text().splitlines()

@@ -8,13 +8,12 @@ session and the DAG is parsed once. Runs use fasterrcnn_mobilenet_v3_large_320_f
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from tests.airflow_env import load_batch_dag
 from tests.bad_inputs import CorpusCase, write_corpus
 from tests.reliability import runs
 from tests.reliability.http_files import HttpFiles, serve_files
@@ -24,21 +23,12 @@ SETTINGS_ENV = {"DETECTION_LAUNCHER": "local", "DETECTION_RETRY_DELAY_S": "1"}
 
 
 @pytest.fixture(scope="session")
-def airflow_db() -> None:
-    """Migrate the session's throwaway SQLite metadata DB (tests/airflow_env.py) once."""
-    result = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-@pytest.fixture(scope="session")
 def batch_dag(airflow_db):
     """The batch DAG parsed under SETTINGS_ENV, which stays set while tasks run (they read settings too)."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in SETTINGS_ENV.items():
             patch.setenv(name, value)
-        yield runs.load_batch_dag()
+        yield load_batch_dag()
 
 
 @pytest.fixture
@@ -46,7 +36,7 @@ def own_dag(batch_dag):
     """The batch DAG parsed afresh, under batch_dag's settings, for a test whose conf must not reach others:
     in-process, dag.test() leaves a run's conf values in its tasks' params (Airflow 3.3), so a later run on
     the same DAG object whose conf omits a key still gets the earlier value."""
-    return runs.load_batch_dag()
+    return load_batch_dag()
 
 
 # -- the shared corpus run -----------------------------------------------------------------------------------

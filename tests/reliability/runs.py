@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.util
 import logging
 import os
 import sys
@@ -44,16 +43,6 @@ def tiny_conf(root: Path, input_uri: str, **overrides) -> dict:
 
 def run_prefix(conf: dict, run_id: str) -> str:
     return layout.run_prefix(conf["output_uri"], run_id)
-
-
-def load_batch_dag():
-    """Import dags/object_detection_batch.py afresh (settings are read when it is parsed)."""
-    spec = importlib.util.spec_from_file_location(
-        "object_detection_batch", ROOT / "dags/object_detection_batch.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
 
 
 def run_dag(dag, conf: dict, logical_date: dt.datetime):

@@ -10,6 +10,7 @@ import time
 import pytest
 from PIL import Image
 
+from tests.airflow_env import load_batch_dag
 from tests.reliability import runs
 from tests.reliability.conftest import SETTINGS_ENV
 from tests.reliability.exactly_once import assert_exactly_once
@@ -41,7 +42,7 @@ def test_a_scheduled_run_waits_for_its_days_input_and_then_runs_on_it(airflow_db
 
     for name, value in {**SETTINGS_ENV, "DETECTION_INPUT_POKE_INTERVAL_S": "1"}.items():
         monkeypatch.setenv(name, value)
-    dag = runs.load_batch_dag()
+    dag = load_batch_dag()
     incoming = tmp_path / "incoming"
     conf = runs.tiny_conf(tmp_path, str(incoming / "{ds}"))
     run_id = f"scheduled__{SCHEDULED_DAY.isoformat()}"
