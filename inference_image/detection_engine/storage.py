@@ -103,18 +103,8 @@ def path_of(uri: str) -> str:
 
 def iter_bytes(uri: str, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[bytes]:
     """The bytes at `uri` in chunks (for hashing without holding them) within `limits`, or `ReadRefused`."""
-    try:
-        fs, _ = filesystem_for(uri, limits)
-    except Exception as exc:  # unknown protocol, missing driver, malformed URI
-        raise ReadRefused("fetch_error", f"{type(exc).__name__}: {exc}") from None
-    return bounded_read.iter_bounded(
-        uri,
-        max_bytes=limits.max_bytes,
-        timeout_s=limits.timeout_s,
-        connect_timeout_s=limits.connect_timeout_s,
-        read_timeout_s=limits.read_timeout_s,
-        fs=fs,
-    )
+    fs, _ = _bounded_filesystem(uri, limits)
+    return _chunks(uri, fs, limits)
 
 
 def read_bytes(uri: str, limits: ReadLimits = DEFAULT_LIMITS) -> bytes:
@@ -137,15 +127,27 @@ def open_bounded(uri: str, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Bina
     A local regular file is opened in place; anything else is streamed into a temporary file first, so a
     FIFO, a device, an oversize object, an endless body or a silent server is refused within the bounds
     instead of blocking the task or filling its disk."""
-    try:
-        fs, path = filesystem_for(uri, limits)
-    except Exception as exc:  # unknown protocol, missing driver, malformed URI
-        raise ReadRefused("fetch_error", f"{type(exc).__name__}: {exc}") from None
+    fs, path = _bounded_filesystem(uri, limits)
     if is_local(fs):
         with bounded_read.open_regular_file(path, max_bytes=limits.max_bytes) as handle:
             yield handle
         return
-    chunks = bounded_read.iter_bounded(
+    with tempfile.TemporaryFile(prefix="detection-download-") as handle:
+        for chunk in _chunks(uri, fs, limits):
+            handle.write(chunk)
+        handle.seek(0)
+        yield handle
+
+
+def _bounded_filesystem(uri: str, limits: ReadLimits) -> tuple[AbstractFileSystem, str]:
+    try:
+        return filesystem_for(uri, limits)
+    except Exception as exc:  # unknown protocol, missing driver, malformed URI
+        raise ReadRefused("fetch_error", f"{type(exc).__name__}: {exc}") from None
+
+
+def _chunks(uri: str, fs: AbstractFileSystem, limits: ReadLimits) -> Iterator[bytes]:
+    return bounded_read.iter_bounded(
         uri,
         max_bytes=limits.max_bytes,
         timeout_s=limits.timeout_s,
@@ -153,11 +155,6 @@ def open_bounded(uri: str, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Bina
         read_timeout_s=limits.read_timeout_s,
         fs=fs,
     )
-    with tempfile.TemporaryFile(prefix="detection-download-") as handle:
-        for chunk in chunks:
-            handle.write(chunk)
-        handle.seek(0)
-        yield handle
 
 
 # -- listing -------------------------------------------------------------------------------------
