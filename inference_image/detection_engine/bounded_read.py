@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from fsspec.core import split_protocol, url_to_fs
+from fsspec.core import split_protocol, strip_protocol, url_to_fs
 from fsspec.spec import AbstractFileSystem
 
 from detection_engine.redaction import redact_line
@@ -114,7 +114,7 @@ def bounded_filesystem(
                 options = storage_options(protocol, connect_timeout_s, read_timeout_s, total_s)
                 fs, _ = url_to_fs(uri, **options, **extra)
                 _filesystems[key] = fs
-    return fs, fs._strip_protocol(uri)
+    return fs, strip_protocol(uri)
 
 
 # A forked child must not reuse its parent's clients: their event loop and sockets stay with the parent.
@@ -167,7 +167,7 @@ def iter_bounded(
                 uri, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s, total_s=timeout_s
             )
         else:
-            path = fs._strip_protocol(uri)
+            path = strip_protocol(uri)
     except Exception as exc:  # unknown protocol, missing driver, malformed URI
         raise ReadRefused("fetch_error", f"{type(exc).__name__}: {exc}") from exc
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)

@@ -23,13 +23,14 @@ from detection_engine.auto_batch import parse_batch_size
 from detection_engine.catalog import DEFAULT_MODEL, MODELS, PRECISIONS
 from detection_engine.decode import DEFAULT_MAX_PIXELS
 from detection_engine.devices import AUTO, parse_devices
-from detection_engine.fetch import ManifestError, ReadLimits
+from detection_engine.fetch import ManifestError
 from detection_engine.models import DeviceError, ModelLoadError, ModelOptions
 from detection_engine.parts import CommitPolicy, Preempted
 from detection_engine.pipeline import PipelineOptions
 from detection_engine.redaction import redact_logs
 from detection_engine.shard import DEFAULT_SUMMARY_PATH, ShardJob, run_shard
 from detection_engine.stop_signal import StopOnSignal
+from detection_engine.storage import ReadLimits
 from detection_engine.writer import OutputError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_PREEMPTED = 0, 1, 2, 3, 4, 5

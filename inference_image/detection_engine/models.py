@@ -41,8 +41,8 @@ from detection_engine.catalog import (
     weights_id as catalog_weights_id,
 )
 from detection_engine.devices import DeviceError, resolve_devices
-from detection_engine.fetch import read_file
 from detection_engine.redaction import redact_text
+from detection_engine.storage import ReadLimits, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +220,7 @@ def _sha256_file(path: Path) -> str:
 
 def _read_state_dict(spec: ModelSpec, uri: str, expected_sha256: str | None) -> tuple[dict, str]:
     try:  # bounded: a FIFO, a device or a huge file fails the shard instead of hanging or filling memory
-        data = read_file(uri, max_bytes=STATE_DICT_MAX_BYTES, timeout_s=STATE_DICT_TIMEOUT_S)
-        if not data:
-            raise ReadRefused("empty_file", "0 bytes")
+        data = read_bytes(uri, ReadLimits(max_bytes=STATE_DICT_MAX_BYTES, timeout_s=STATE_DICT_TIMEOUT_S))
     except ReadRefused as exc:
         if exc.code == "not_found":
             enum = get_model_weights(spec.name)

@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from detection_engine import layout
-from detection_engine.fetch import filesystem_for
 from detection_engine.pipeline import ImageResult
+from detection_engine.storage import filesystem_for
 from detection_engine.writer import (
     RESULTS_SCHEMA,
     OutputError,

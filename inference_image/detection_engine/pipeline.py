@@ -23,10 +23,11 @@ import torch
 
 from detection_engine.auto_batch import AUTO, choose_batch_size
 from detection_engine.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from detection_engine.fetch import DEFAULT_LIMITS, ReadLimits, fetch_bytes
+from detection_engine.fetch import fetch_bytes
 from detection_engine.inference import Detections, Detector, Failed
 from detection_engine.preprocess import host_tensor
 from detection_engine.replicas import Replicas
+from detection_engine.storage import DEFAULT_LIMITS, ReadLimits
 
 
 @dataclass(frozen=True)

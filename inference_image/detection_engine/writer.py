@@ -1,32 +1,25 @@
 """The shard's files: results Parquet (schema.RESULTS), metrics JSON, summary JSON; every write atomic.
 
-Atomic means a reader (or a retried shard) sees the previous file or the new one, never a part: locally a
-temporary file beside the target is renamed over it (`os.replace`); on object stores (gs://) the bytes go up
-as one object, which the store publishes whole. A retry therefore replaces the shard's files and leaves
-nothing else behind.
+Atomic (`storage.write_atomic`) means a reader (or a retried shard) sees the previous file or the new one,
+never a part. A retry replaces the shard's files and, since one writer owns each, also removes the temporary
+files a killed attempt left, so nothing else stays behind.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
-from detection_engine import schema
-from detection_engine.fetch import filesystem_for
+from detection_engine import schema, storage
 from detection_engine.pipeline import ImageResult
 
 RESULTS_SCHEMA = schema.arrow_schema(schema.RESULTS)
-_TMP_SUFFIX = ".tmp"
 
 
 class OutputError(Exception):
@@ -130,32 +123,8 @@ def _json_default(value):
 
 
 def write_atomic(uri: str, data: bytes) -> None:
-    """Replace the file at `uri` with `data` in one step; raises OutputError."""
+    """Replace the shard file at `uri` with `data` in one step; raises OutputError."""
     try:
-        fs, path = filesystem_for(uri)
-        if isinstance(fs, LocalFileSystem):
-            _replace_local(Path(path), data)
-        else:
-            fs.pipe_file(path, data)  # one object upload: published whole or not at all
-    except OutputError:
-        raise
+        storage.write_atomic(uri, data, sweep_stale=True)
     except Exception as exc:
         raise OutputError(f"cannot write {uri}: {type(exc).__name__}: {exc}") from None
-
-
-def _replace_local(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}."
-    for stale in target.parent.glob(f"{prefix}*{_TMP_SUFFIX}"):  # left by a killed earlier attempt
-        stale.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide the file from a loader running as another user
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

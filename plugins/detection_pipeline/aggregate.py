@@ -32,9 +32,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-import fsspec
-
-from detection_engine import layout, schema
+from detection_engine import layout, schema, storage
 from detection_engine.catalog import RANDOM_WEIGHTS, weights_id
 from detection_pipeline import uris
 from detection_pipeline.config import RunConfig
@@ -57,8 +55,8 @@ def read_shard_metrics(run_prefix: str, shard_indices: Iterable[int]) -> list[di
     if not indices:
         return []
     uris = {index: layout.shard_metrics_uri(run_prefix, index) for index in indices}
-    fs, _ = fsspec.core.url_to_fs(run_prefix)
-    paths = {index: fs._strip_protocol(uri) for index, uri in uris.items()}
+    fs, _ = storage.filesystem_for(run_prefix)
+    paths = {index: storage.path_of(uri) for index, uri in uris.items()}
     blobs = fs.cat(list(paths.values()), on_error="return")
     if not isinstance(blobs, dict):  # fsspec returns the bytes themselves for a single path
         blobs = {next(iter(paths.values())): blobs}

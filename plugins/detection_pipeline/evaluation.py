@@ -23,13 +23,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from detection_engine import bounded_read, layout, schema
+from detection_engine import layout, schema, storage
 from detection_pipeline.errors import PermanentError
 
 log = logging.getLogger(__name__)
@@ -124,9 +123,11 @@ def load_ground_truth(uri: str) -> dict:
     """
     try:  # bounded: a FIFO, a device or a huge file is refused, never read until memory runs out
         data = json.loads(
-            bounded_read.read_bounded(uri, max_bytes=GROUND_TRUTH_MAX_BYTES, timeout_s=GROUND_TRUTH_TIMEOUT_S)
+            storage.read_bytes(
+                uri, storage.ReadLimits(max_bytes=GROUND_TRUTH_MAX_BYTES, timeout_s=GROUND_TRUTH_TIMEOUT_S)
+            )
         )
-    except bounded_read.ReadRefused as exc:
+    except storage.ReadRefused as exc:
         if exc.code == "not_found":
             raise GroundTruthError(f"ground truth {uri} does not exist") from None
         raise GroundTruthError(f"cannot read ground truth {uri}: {exc}") from None
@@ -332,8 +333,7 @@ def _name_key(name: str) -> str:
 def read_results(run_prefix: str, shard_indices: Iterable[int] | None = None) -> pa.Table:
     """The columns scoring needs from the run's shard results files (all of them when no indices are given)."""
     if shard_indices is None:
-        fs, _, paths = fsspec.get_fs_token_paths(layout.results_glob(run_prefix))
-        uris = [fs.unstrip_protocol(p) for p in sorted(paths)]
+        uris = storage.glob(layout.results_glob(run_prefix))
     else:
         uris = [layout.shard_results_uri(run_prefix, i) for i in shard_indices]
     if not uris:
@@ -341,7 +341,8 @@ def read_results(run_prefix: str, shard_indices: Iterable[int] | None = None) ->
     tables = []
     for uri in uris:
         try:
-            with fsspec.open(uri, "rb") as fh:
+            fs, path = storage.filesystem_for(uri)
+            with fs.open(path, "rb") as fh:
                 tables.append(pq.read_table(fh, columns=list(_RESULT_COLUMNS)))
         except FileNotFoundError:
             raise EvaluationError(f"results file {uri} is missing; the shard did not finish") from None

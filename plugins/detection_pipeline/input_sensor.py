@@ -18,7 +18,8 @@ import logging
 
 from airflow.sdk import task
 
-from detection_pipeline import storage, uris
+from detection_engine import storage
+from detection_pipeline import uris
 from detection_pipeline.errors import ManifestError, at_the_boundary
 from detection_pipeline.settings import Settings
 

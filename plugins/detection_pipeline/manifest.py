@@ -14,7 +14,7 @@ Sources (input_uri):
   kept, and one that does not decode becomes an error row for that image, never a silent drop.
   An entry that is not a usable URI (relative path, other scheme, '..', control character) fails the build,
   naming the first few, rather than being dropped: the file is the user's, and fixing it is theirs.
-  The file is read through `detection_engine.bounded_read` (regular files only, a byte cap, the run's
+  The file is read through `detection_engine.storage` (regular files only, a byte cap, the run's
   connect and read timeouts, a deadline: `FileBounds`), so a FIFO, a device, an oversize file, an endless
   body or a silent server fails the run at once with a ManifestError instead of hanging the task (a store
   that answers with an error, HTTP 5xx or a reset connection, is ManifestUnavailable: retried).
@@ -57,9 +57,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from detection_engine import bounded_read, layout, schema
+from detection_engine import layout, schema, storage
 from detection_engine.redaction import redact_text
-from detection_pipeline import settings, sharding, storage, uri_columns, uris
+from detection_pipeline import settings, sharding, uri_columns, uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.errors import ManifestError
 
@@ -187,13 +187,15 @@ def _open_manifest_file(config: RunConfig, bounds: FileBounds) -> Iterator[Binar
     try:
         with storage.open_bounded(
             config.input_uri,
-            max_bytes=bounds.max_bytes,
-            timeout_s=bounds.timeout_s,
-            connect_timeout_s=config.connect_timeout_s,
-            read_timeout_s=config.read_timeout_s,
+            storage.ReadLimits(
+                max_bytes=bounds.max_bytes,
+                connect_timeout_s=config.connect_timeout_s,
+                read_timeout_s=config.read_timeout_s,
+                timeout_s=bounds.timeout_s,
+            ),
         ) as file:
             yield file
-    except bounded_read.ReadRefused as refused:
+    except storage.ReadRefused as refused:
         if refused.code == "not_found":
             raise ManifestError(f"input manifest {shown} does not exist") from None
         if refused.code == "fetch_error":  # a 5xx, a reset connection: the store's, so worth a retry
@@ -432,7 +434,7 @@ def _sort_unique(con: duckdb.DuckDBPyConnection, out: Path) -> int:
     ).to_arrow_reader(BATCH_ROWS)
     kept = 0
     out_schema = manifest_schema(["image_uri"])
-    with pq.ParquetWriter(out, out_schema, **storage.URI_LIST_PARQUET) as writer:
+    with pq.ParquetWriter(out, out_schema, **sharding.URI_LIST_PARQUET) as writer:
         for values in _coalesce(_without_repeats(reader, prefix), BATCH_ROWS):  # DuckDB's batches are small
             writer.write_batch(pa.record_batch([values], schema=out_schema))
             kept += len(values)
@@ -488,18 +490,22 @@ def content_sha1(image_uris: list[str], config: RunConfig) -> pa.Array:
 def _sha1_or_none(uri: str, config: RunConfig) -> str | None:
     digest = hashlib.sha1(usedforsecurity=False)
     try:
-        for chunk in bounded_read.iter_bounded(
-            uri,
-            max_bytes=config.max_image_bytes,
-            timeout_s=config.image_timeout_s,
-            connect_timeout_s=config.connect_timeout_s,
-            read_timeout_s=config.read_timeout_s,
-        ):
+        for chunk in storage.iter_bytes(uri, _image_limits(config)):
             digest.update(chunk)
     except Exception as exc:  # the engine reports the read error as the image's result row
         log.debug("cannot hash %s: %s", uris.redact(uri), redact_text(str(exc)))
         return None
     return digest.hexdigest()
+
+
+def _image_limits(config: RunConfig) -> storage.ReadLimits:
+    """The bounds the engine reads each image under, so hashing refuses what the engine would."""
+    return storage.ReadLimits(
+        max_bytes=config.max_image_bytes,
+        connect_timeout_s=config.connect_timeout_s,
+        read_timeout_s=config.read_timeout_s,
+        timeout_s=config.image_timeout_s,
+    )
 
 
 def _first_of_each_content(digests: pa.Array) -> np.ndarray:
@@ -551,7 +557,7 @@ def _write_manifest(sorted_uris: Path, target: str, config: RunConfig) -> int:
     written = 0
     with (
         storage.atomic_local_path(target) as tmp,
-        pq.ParquetWriter(tmp, out_schema, **storage.URI_LIST_PARQUET) as writer,
+        pq.ParquetWriter(tmp, out_schema, **sharding.URI_LIST_PARQUET) as writer,
     ):
         for batch in batches:
             columns = dict(zip(batch.schema.names, batch.columns, strict=True))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from detection_engine import bounded_read
+from detection_engine import bounded_read, storage
 from detection_engine.catalog import STATE_DICT_MAX_BYTES, STATE_DICT_TIMEOUT_S, is_weights_file
 from detection_pipeline import uris
 from detection_pipeline.config import RunConfig
@@ -68,16 +68,11 @@ def file_sha256(
     """SHA-256 of the regular file at `uri`, streamed through the bounded reader (never held in memory)."""
     digest, size = hashlib.sha256(), 0
     try:
-        for chunk in bounded_read.iter_bounded(
-            uri,
-            max_bytes=max_bytes,
-            timeout_s=timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            read_timeout_s=read_timeout_s,
-        ):
+        limits = storage.ReadLimits(max_bytes, connect_timeout_s, read_timeout_s, timeout_s)
+        for chunk in storage.iter_bytes(uri, limits):
             digest.update(chunk)
             size += len(chunk)
-    except bounded_read.ReadRefused as refused:
+    except storage.ReadRefused as refused:
         shown = uris.redact(uri)
         if refused.code == "fetch_error":
             raise PreflightUnavailable(f"{field}: cannot read {shown}: {refused.reason}") from None

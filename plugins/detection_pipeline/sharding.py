@@ -24,8 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from detection_engine import layout, schema
-from detection_pipeline import storage
+from detection_engine import layout, schema, storage
 from detection_pipeline.config import RunConfig
 from detection_pipeline.errors import PermanentError
 from detection_pipeline.shard_size import DEFAULT_SHARD_SIZE
@@ -34,6 +33,10 @@ log = logging.getLogger(__name__)
 
 _WRITERS = 8  # concurrent shard manifest writes (uploads, on gs://)
 _SHARD_SCHEMA = schema.arrow_schema(schema.SHARD_MANIFEST)
+# For manifests and shard manifests (sorted URI lists): no dictionary (every value is distinct), no statistics
+# (nobody filters on them), LZ4 (2-3x faster to write than zstd, 3x larger: a 9M-URI manifest is ~55 MB, a
+# 10k-URI shard ~60 kB).
+URI_LIST_PARQUET = {"compression": "lz4", "use_dictionary": False, "write_statistics": False}
 _SHARD_FILE = re.compile(r"/shard-(\d+)\.(?:parquet|json)$")
 _SHARD_FOLDERS = ("shards", "results", "metrics")  # layout's per-shard files
 
@@ -87,13 +90,18 @@ def plan_shards(config: RunConfig, run_prefix: str, manifest_uri: str) -> list[d
         futures = []
         for index, (start, stop) in enumerate(itertools.pairwise(boundaries)):
             uri = layout.shard_manifest_uri(run_prefix, index)
-            futures.append(pool.submit(storage.write_parquet, uris.slice(start, stop - start), uri))
+            futures.append(pool.submit(_write_uri_list, uris.slice(start, stop - start), uri))
             specs.append({"shard_index": index, "images": int(stop - start), "manifest_uri": uri})
         for future in futures:
             future.result()
     _remove_stale_shards(run_prefix, len(specs))
     log.info("%d images in %d shards under %s", table.num_rows, len(specs), run_prefix)
     return specs
+
+
+def _write_uri_list(table: pa.Table, uri: str) -> None:
+    with storage.atomic_local_path(uri) as tmp:
+        pq.write_table(table, tmp, **URI_LIST_PARQUET)
 
 
 def _boundaries(shard_index: np.ndarray, manifest_uri: str) -> list[int]:

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 from airflow.sdk import Param, get_current_context, task
 
-from detection_engine import catalog, layout
+from detection_engine import catalog, layout, storage
 from detection_pipeline.config import PARAMS, SIZE_RANGE, RunConfig
 from detection_pipeline.errors import PermanentError, at_the_boundary
 
@@ -379,8 +378,7 @@ def write_comparison(rows: Sequence[Mapping], prefix: str, title: str) -> dict[s
     uris = {}
     for kind, (extension, text) in documents.items():
         uri = layout.join(prefix, f"comparison.{extension}")
-        with fsspec.open(uri, "w", encoding="utf-8", auto_mkdir=True) as fh:
-            fh.write(text)
+        storage.write_atomic(uri, text.encode("utf-8"))
         uris[kind] = uri
     return uris
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from detection_engine import storage
 
 _BATCH_ROWS = 1 << 16
 
@@ -54,7 +55,8 @@ def inputs_digest(manifest_uri: str, *, with_content: bool) -> str:
     """Digest of the manifest's sorted unique image URIs (and content_sha1, nulls as empty, when asked)."""
     columns = ["image_uri", "content_sha1"] if with_content else ["image_uri"]
     uri_digest, content_digest = _ColumnDigest(), _ColumnDigest()
-    with fsspec.open(manifest_uri, "rb") as handle:
+    fs, path = storage.filesystem_for(manifest_uri)
+    with fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle)
         absent = [c for c in columns if c not in parquet.schema_arrow.names]
         if absent:

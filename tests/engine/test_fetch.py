@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -14,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.spec import AbstractFileSystem
 
-from detection_engine import bounded_read
 from detection_engine.decode import ImageError, decode_image
-from detection_engine.fetch import ManifestError, fetch_bytes, filesystem_for, read_shard_manifest
+from detection_engine.fetch import ManifestError, fetch_bytes, read_shard_manifest
+from detection_engine.storage import filesystem_for
 from tests.bad_inputs import by_name, has_case, write_corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -131,17 +130,6 @@ def fetch_bytes_or_reason(uri: str) -> bytes | str:
         return exc.reason
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_forked_child_builds_its_own_filesystems(corpus):
-    filesystem_for(corpus[0].uri)
-    assert bounded_read._filesystems
-    pid = os.fork()
-    if pid == 0:  # child: exit status says whether the parent's clients were dropped
-        os._exit(0 if not bounded_read._filesystems else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-
-
 # -- http(s) -------------------------------------------------------------------------------------
 
 _HTTP_OBJECTS = {"/a.jpg": b"\xff\xd8\xffjpeg bytes", "/empty.jpg": b""}
@@ -215,13 +203,6 @@ def test_gcs_failures_have_their_reasons(gcs_emulator, gcs_bucket):
     assert _reason(f"{gcs_bucket}/folder") == "is_directory: a directory or prefix, not a file"
     assert _reason("gs://no-such-bucket-anywhere/a.jpg").startswith("not_found:")
     assert _reason(gcs_bucket) == _reason(f"{gcs_bucket}/") == "is_directory: a bucket, not an object"
-
-
-def test_gcs_uses_one_anonymous_client_for_the_emulator(gcs_emulator, gcs_bucket):
-    fs, path = filesystem_for(f"{gcs_bucket}/a.jpg")
-    assert path == f"{gcs_bucket.removeprefix('gs://')}/a.jpg"
-    assert fs is filesystem_for("gs://other/b.jpg")[0]
-    assert fs.credentials.method == "anon"
 
 
 # -- shard manifests -----------------------------------------------------------------------------

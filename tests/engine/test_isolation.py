@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from detection_engine.fetch import ReadLimits
 from detection_engine.inference import Detector, resized_shape
 from detection_engine.models import load_model
 from detection_engine.pipeline import PipelineOptions, run_pipeline
+from detection_engine.storage import ReadLimits
 from tests.hostile_servers import endless_http_server, silent_server
 
 pytestmark = pytest.mark.timeout(120)

@@ -110,7 +110,7 @@ def test_failed_write_raises_output_error_and_leaves_no_temp(tmp_path, monkeypat
     def refuse(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("detection_engine.writer.os.replace", refuse)
+    monkeypatch.setattr("detection_engine.storage.os.replace", refuse)
     with pytest.raises(OutputError, match="No space left on device"):
         write_atomic(str(target), b"new")
 

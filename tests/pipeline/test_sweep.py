@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 
 import fsspec
@@ -327,6 +328,22 @@ def test_the_table_is_written_in_three_formats(tmp_path, two_runs):
     assert (tmp_path / "out/sweeps/manual__2026-11-21T10_00_00+00_00/comparison.csv").read_text().count(
         "\n"
     ) == 3
+
+
+def test_a_failed_rewrite_keeps_the_previous_table_whole(tmp_path, two_runs, monkeypatch):
+    prefix = sweep.sweep_prefix(str(tmp_path / "out"), SWEEP_RUN)
+    uris = sweep.write_comparison(_rows(two_runs), prefix, "t")
+    before = {kind: open(uri, encoding="utf-8").read() for kind, uri in uris.items()}
+
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("detection_engine.storage.os.replace", refuse)
+    with pytest.raises(OSError, match="No space left on device"):
+        sweep.write_comparison(_rows(two_runs)[:1], prefix, "t")
+
+    assert {kind: open(uri, encoding="utf-8").read() for kind, uri in uris.items()} == before
+    assert sorted(os.listdir(prefix)) == ["comparison.csv", "comparison.html", "comparison.md"]
 
 
 def test_the_table_is_written_to_gcs(gcs_bucket, two_runs):

@@ -6,11 +6,11 @@ import json
 
 import pyarrow.parquet as pq
 
-from detection_pipeline.storage import filesystem_for
+from detection_engine.storage import TMP_SUFFIX, filesystem_for
 from detection_pipeline.verify import verify_run
 from detection_pipeline.warehouse import open_warehouse
 
-TEMPORARY_SUFFIX = ".tmp"  # what detection_engine.writer and detection_pipeline.storage write before renaming
+TEMPORARY_SUFFIX = TMP_SUFFIX  # what every local write (detection_engine.storage) leaves until it renames
 
 
 def assert_exactly_once(warehouse_uri: str, run_id: str, *, unique: int, shards: int, prefix: str) -> dict:

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from detection_engine.bounded_read import ReadRefused, read_bounded
-from detection_engine.fetch import ReadLimits, filesystem_for
+from detection_engine.storage import ReadLimits, ReadRefused, read_bytes
 from detection_pipeline.report.run_data import Sample
 
 MAX_SIDE = 320
@@ -65,16 +64,7 @@ def _try_thumbnail(sample: Sample, max_side: int) -> Thumbnail | tuple[str, str]
 def fetch_bytes(uri: str, limit: int = MAX_SOURCE_BYTES) -> bytes:
     """The sample's bytes, read bounded (regular files only, `limit`, SOURCE_TIMEOUT_S): an input that became
     a FIFO or sits behind a stalled server since the engine read it costs seconds, never the report task."""
-    limits = ReadLimits(max_bytes=limit, timeout_s=SOURCE_TIMEOUT_S)
-    fs, _ = filesystem_for(uri, limits)
-    return read_bounded(
-        uri,
-        max_bytes=limit,
-        timeout_s=limits.timeout_s,
-        connect_timeout_s=limits.connect_timeout_s,
-        read_timeout_s=limits.read_timeout_s,
-        fs=fs,
-    )
+    return read_bytes(uri, ReadLimits(max_bytes=limit, timeout_s=SOURCE_TIMEOUT_S))
 
 
 def annotate(image_bytes: bytes, sample: Sample, *, max_side: int = MAX_SIDE) -> bytes:

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import posixpath
 import re
-import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-import fsspec
 import numpy as np
 import pandas as pd
 import plotly
 import plotly.graph_objects as go
 import plotly.offline
-from fsspec.implementations.local import LocalFileSystem
+
+from detection_engine import storage
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px;
@@ -150,8 +147,7 @@ def write_page(uri: str, page: Page, *, plotly_dir: str | None = None) -> str:
     folder = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
     plotly_dir = (plotly_dir or folder).rstrip("/")
     ensure_plotly_js(plotly_dir)
-    fs, page_folder = fsspec.core.url_to_fs(folder)
-    _, js_folder = fsspec.core.url_to_fs(plotly_dir)
+    page_folder, js_folder = storage.path_of(folder), storage.path_of(plotly_dir)
     relative = posixpath.relpath(posixpath.join(js_folder, PLOTLY_JS), page_folder)
     return write_text(uri, page.render(relative))
 
@@ -159,25 +155,13 @@ def write_page(uri: str, page: Page, *, plotly_dir: str | None = None) -> str:
 def ensure_plotly_js(folder: str) -> str:
     """Write plotly.js into `folder` unless it is there already (named by version, written atomically)."""
     uri = f"{folder.rstrip('/')}/{PLOTLY_JS}"
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = storage.filesystem_for(uri)
     if not fs.exists(path):
         write_text(uri, plotly.offline.get_plotlyjs())
     return uri
 
 
 def write_text(uri: str, text: str) -> str:
-    """Write text to a local path or any fsspec URI (gs:// included) and return the URI.
-
-    Atomic like the engine's files: locally a temporary file renamed over the target; on object stores one
-    upload, so a reader never sees half a page."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    data = text.encode("utf-8")
-    if isinstance(fs, LocalFileSystem):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    else:
-        fs.pipe_file(path, data)
+    """Write text to a local path or any fsspec URI (gs:// included), atomically, and return the URI."""
+    storage.write_atomic(uri, text.encode("utf-8"))
     return uri

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from detection_engine import layout, schema
+from detection_engine import layout, schema, storage
 
 _SHARD = re.compile(r"shard-(\d+)\.(?:parquet|json)$")
 _RESULT_COLUMNS = [
@@ -99,7 +99,7 @@ def read_run(run_prefix: str, *, sample_images: int = 8, shards: int | None = No
     left cannot be counted. A run with no shard files is an empty run, not an error; an unreadable file
     raises ReportError.
     """
-    fs, _ = fsspec.core.url_to_fs(run_prefix)
+    fs, _ = storage.filesystem_for(run_prefix)
     results = _shard_paths(fs, layout.results_glob(run_prefix))
     metrics = _shard_paths(fs, layout.metrics_glob(run_prefix))
     if shards is not None:
@@ -143,7 +143,7 @@ def read_run(run_prefix: str, *, sample_images: int = 8, shards: int | None = No
 
 
 def _shard_paths(fs: fsspec.AbstractFileSystem, uri_glob: str) -> dict[int, str]:
-    _, path_glob = fsspec.core.url_to_fs(uri_glob)
+    path_glob = storage.path_of(uri_glob)
     found = {}
     for path in fs.glob(path_glob):
         match = _SHARD.search(posixpath.basename(path))

@@ -35,10 +35,9 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import pyarrow as pa
 
-from detection_engine import schema
+from detection_engine import schema, storage
 from detection_pipeline import uris
 from detection_pipeline.warehouse.base import (
     TABLE_ID,
@@ -84,21 +83,20 @@ def gcs_generations(uris: Sequence[str]) -> dict[str, str]:
     The generation changes whenever an object is rewritten, which is what makes a load's job id change when,
     and only when, its files do.
     """
-    by_folder: dict[tuple[str, str], list[str]] = defaultdict(list)
+    by_folder: dict[str, list[str]] = defaultdict(list)
     for uri in uris:
-        protocol = fsspec.core.split_protocol(uri)[0] or "file"
-        by_folder[(protocol, posixpath.dirname(uri))].append(uri)
+        by_folder[posixpath.dirname(uri)].append(uri)
     versions: dict[str, str] = {}
     missing: list[str] = []
-    for (protocol, folder), members in sorted(by_folder.items()):
-        fs = fsspec.filesystem(protocol)
+    for folder, members in sorted(by_folder.items()):
+        fs, path = storage.filesystem_for(folder)
         try:
-            listing = fs.ls(folder, detail=True, refresh=True)
+            listing = fs.ls(path, detail=True, refresh=True)
         except FileNotFoundError:
             listing = []
-        found = {fs._strip_protocol(entry["name"]): entry for entry in listing}
+        found = {entry["name"].rstrip("/"): entry for entry in listing}  # listed names are paths already
         for uri in members:
-            entry = found.get(fs._strip_protocol(uri))
+            entry = found.get(storage.path_of(uri))
             if entry is None:
                 missing.append(uri)
                 continue

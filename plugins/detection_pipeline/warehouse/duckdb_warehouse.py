@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import duckdb
 import filelock
-import fsspec
 import pyarrow as pa
+from fsspec.core import split_protocol
 
-from detection_engine import schema
+from detection_engine import schema, storage
 from detection_pipeline.warehouse.base import (
     LoadStats,
     Warehouse,
@@ -338,7 +338,11 @@ def _read_json(con: duckdb.DuckDBPyConnection, uris: list[str]) -> tuple[str, di
 
 
 def _register_filesystems(con: duckdb.DuckDBPyConnection, uris: list[str]) -> None:
-    """Let DuckDB read gs:// (any fsspec scheme) through fsspec, the project's one way to reach storage."""
-    protocols = {fsspec.core.split_protocol(uri)[0] for uri in uris} - _LOCAL_PROTOCOLS
-    for protocol in sorted(protocols):
-        con.register_filesystem(fsspec.filesystem(protocol))
+    """Let DuckDB read gs:// (any fsspec scheme) through `storage`'s filesystems, the one way to reach storage."""
+    by_protocol = {split_protocol(uri)[0]: uri for uri in uris}
+    registered = set()
+    for protocol in sorted(set(by_protocol) - _LOCAL_PROTOCOLS):
+        fs, _ = storage.filesystem_for(by_protocol[protocol])
+        if id(fs) not in registered:  # gs:// and gcs:// share one client
+            con.register_filesystem(fs)
+            registered.add(id(fs))
