@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import get_model_builder, get_model_weights
-from torchvision.models._meta import _COCO_CATEGORIES
 
 from detection_engine.bounded_read import ReadRefused
 from detection_engine.catalog import (
+    COCO_V1_CATEGORIES,
     MODELS,
     PRECISIONS,
     RANDOM_WEIGHTS,
@@ -46,24 +46,7 @@ from detection_engine.storage import ReadLimits, read_bytes
 
 log = logging.getLogger(__name__)
 
-# Builder keyword arguments of each family's post-processing thresholds, and torchvision's defaults.
-_SCORE_KWARG = {
-    "faster_rcnn": "box_score_thresh",
-    "retinanet": "score_thresh",
-    "fcos": "score_thresh",
-    "ssd": "score_thresh",
-    "ssdlite": "score_thresh",
-}
-_DETECTIONS_KWARG = {
-    "faster_rcnn": "box_detections_per_img",
-    "retinanet": "detections_per_img",
-    "fcos": "detections_per_img",
-    "ssd": "detections_per_img",
-    "ssdlite": "detections_per_img",
-}
-_DEFAULT_SCORE = {"faster_rcnn": 0.05, "retinanet": 0.05, "fcos": 0.2, "ssd": 0.01, "ssdlite": 0.001}
-_DEFAULT_DETECTIONS = {"faster_rcnn": 100, "retinanet": 300, "fcos": 100, "ssd": 200, "ssdlite": 300}
-_COCO_NUM_CLASSES = len(_COCO_CATEGORIES)
+_COCO_NUM_CLASSES = len(COCO_V1_CATEGORIES)
 
 
 class ModelLoadError(Exception):
@@ -146,12 +129,12 @@ def load_model(options: ModelOptions) -> LoadedModel:
         torch.manual_seed(options.seed)
         model = builder(weights=None, weights_backbone=None, num_classes=_COCO_NUM_CLASSES, **kwargs)
         weights_id, sha256, random_weights = RANDOM_WEIGHTS, None, True
-        categories = list(_COCO_CATEGORIES)
+        categories = list(COCO_V1_CATEGORIES)
     elif (member := weights_enum_member(spec.name, weights)) is not None:
         model = _build_pretrained(builder, spec, member, kwargs)
         weights_id, random_weights = catalog_weights_id(spec.name, member.name), False
         sha256 = _cached_file_sha256(member.url)
-        categories = list(member.meta.get("categories") or _COCO_CATEGORIES)
+        categories = list(member.meta.get("categories") or COCO_V1_CATEGORIES)
     else:
         state_dict, sha256 = _read_state_dict(spec, options.weights, options.weights_sha256)
         num_classes = _num_classes_of(spec, builder, state_dict, kwargs)
@@ -162,7 +145,7 @@ def load_model(options: ModelOptions) -> LoadedModel:
             first = str(exc).strip().splitlines()[0]
             raise ModelLoadError(f"state dict {options.weights} does not fit {spec.name}: {first}") from None
         weights_id, random_weights = catalog_weights_id(spec.name, weights, sha256), False
-        categories = list(_COCO_CATEGORIES) if num_classes == _COCO_NUM_CLASSES else []
+        categories = list(COCO_V1_CATEGORIES) if num_classes == _COCO_NUM_CLASSES else []
 
     model.eval().to(device)
     load_s = time.perf_counter() - started
@@ -176,10 +159,10 @@ def _builder_kwargs(spec: ModelSpec, options: ModelOptions) -> dict:
     higher one (NMS only lets a box be suppressed by a higher-scoring one), so the engine's output equals
     torchvision's default output filtered at the engine's threshold.
     """
-    family = spec.family
+    family = spec.post_processing
     kwargs: dict = {
-        _SCORE_KWARG[family]: min(_DEFAULT_SCORE[family], options.score_threshold),
-        _DETECTIONS_KWARG[family]: max(_DEFAULT_DETECTIONS[family], options.max_detections),
+        family.score_kwarg: min(family.default_score, options.score_threshold),
+        family.detections_kwarg: max(family.default_detections, options.max_detections),
     }
     if options.min_size is not None or options.max_size is not None:
         if spec.resizable:

@@ -2,8 +2,7 @@
 
 The run's detections are read from its shard Parquet files (not the warehouse), matched to a COCO annotation
 file by `file_name`, and scored by pycocotools' own COCOeval, so the numbers are the ones torchvision's
-published tables use. Torch-free: torchvision's COCO label set is written out below (a test checks it against
-torchvision's metadata).
+published tables use. Torch-free: torchvision's COCO label set comes from `catalog.COCO_V1_CATEGORIES`.
 
 Scoring rules, each chosen so that nothing is silently lost:
 - a results row whose image is not in the annotation file is left out of the score and counted;
@@ -29,23 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from detection_engine import layout, schema, storage
+from detection_engine.catalog import COCO_V1_CATEGORIES, PUBLISHED_SCORE_THRESHOLD
 from detection_pipeline.errors import PermanentError
 
 log = logging.getLogger(__name__)
-
-# torchvision's label ids for every COCO_V1 detector: index = label id = COCO category id (1..90, with the
-# ten ids COCO never used as "N/A"). Equal to torchvision.models._meta._COCO_CATEGORIES.
-COCO_V1_CATEGORIES: tuple[str, ...] = (
-    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
-    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
-    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
-    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza",
-    "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet",
-    "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
 
 # COCOeval.stats indices -> runs table columns.
 METRIC_COLUMNS: dict[str, int] = {
@@ -64,7 +50,6 @@ ACCURACY_COLUMNS: tuple[str, ...] = ("ground_truth_uri", "eval_images", *METRIC_
 
 GROUND_TRUTH_MAX_BYTES = 2 << 30  # COCO train2017's instances file is ~450 MB
 GROUND_TRUTH_TIMEOUT_S = 600.0
-DEFAULT_EVAL_SCORE_THRESHOLD = 0.05  # torchvision's box_score_thresh when its published mAP was measured
 COCO_MAX_DETECTIONS = 100  # COCOeval's largest maxDets: AR@100 needs up to 100 boxes per image
 
 _RESULT_COLUMNS = ("image_uri", "status", "detections")
@@ -104,7 +89,7 @@ def evaluate_run_files(
     ground_truth_uri: str,
     run_prefix: str,
     shard_indices: Iterable[int] | None = None,
-    score_threshold: float = DEFAULT_EVAL_SCORE_THRESHOLD,
+    score_threshold: float = PUBLISHED_SCORE_THRESHOLD,
 ) -> dict:
     """Score the run's shard files against the annotation file; the accuracy columns plus diagnostics."""
     gt = load_ground_truth(ground_truth_uri)
@@ -367,7 +352,7 @@ def _as_table(results: pa.Table | Sequence[Mapping]) -> pa.Table:
 def evaluate_run(
     results: pa.Table | Sequence[Mapping],
     gt: dict,
-    score_threshold: float = DEFAULT_EVAL_SCORE_THRESHOLD,
+    score_threshold: float = PUBLISHED_SCORE_THRESHOLD,
 ) -> dict:
     """COCO box metrics of a run's results rows (schema.RESULTS columns image_uri, status, detections).
 

@@ -16,6 +16,33 @@ def test_catalog_matches_torchvision(name):
     assert enum.__name__ == spec.weights_enum
     assert tuple(member.name for member in enum) == spec.weights_members
     assert enum.DEFAULT.name == spec.weights_members[0]
+    assert enum.COCO_V1.meta["_metrics"]["COCO-val2017"]["box_map"] == spec.published_box_map
+    assert enum.COCO_V1.meta["categories"] == list(catalog.COCO_V1_CATEGORIES)
+
+
+def test_the_label_set_is_torchvisions():
+    from torchvision.models._meta import _COCO_CATEGORIES
+
+    assert list(catalog.COCO_V1_CATEGORIES) == _COCO_CATEGORIES
+
+
+@pytest.mark.parametrize("name", catalog.MODELS)
+def test_family_defaults_are_torchvisions(name):
+    """The builder keywords exist and default to what `Family` says: built on the meta device, untouched."""
+    import torch
+
+    family = catalog.MODELS[name].post_processing
+    with torch.device("meta"):
+        model = get_model_builder(name)(weights=None, weights_backbone=None)
+    heads = model.roi_heads if family.name == "faster_rcnn" else model
+    assert heads.score_thresh == pytest.approx(family.default_score)
+    assert heads.detections_per_img == family.default_detections
+    with torch.device("meta"):
+        tuned = get_model_builder(name)(
+            weights=None, weights_backbone=None, **{family.score_kwarg: 0.5, family.detections_kwarg: 7}
+        )
+    tuned_heads = tuned.roi_heads if family.name == "faster_rcnn" else tuned
+    assert (tuned_heads.score_thresh, tuned_heads.detections_per_img) == (0.5, 7)
 
 
 def test_weights_id_names_one_model_version_once():

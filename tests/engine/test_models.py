@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision.models import get_model_builder, get_model_weights
-from torchvision.models._meta import _COCO_CATEGORIES
+from torchvision.models._meta import _COCO_CATEGORIES  # torchvision's own list, to check ours against
 
 from detection_engine.catalog import MODELS
 from detection_engine.models import (

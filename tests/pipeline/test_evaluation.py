@@ -165,7 +165,7 @@ def test_repeated_result_rows_are_an_error():
 
 
 def test_the_label_set_is_torchvisions_for_every_coco_v1_detector():
-    """The torch-free copy must equal torchvision's own list and every catalog model's weights metadata."""
+    """The torch-free copy (catalog) must equal torchvision's own list and every model's weights metadata."""
     from torchvision.models import get_model_weights
     from torchvision.models._meta import _COCO_CATEGORIES
 
