@@ -21,7 +21,9 @@ if settings.benchmark_manifest is not None:  # unset: nothing to import, nothing
     from airflow.sdk import dag
 
     from detection_pipeline import benchmark
-    from detection_pipeline.config import PARAMS
+    from detection_pipeline.config import build_params, param_defaults
+
+    batch_params = build_params(settings)
 
     @dag(
         dag_id=benchmark.BENCHMARK_DAG_ID,
@@ -29,7 +31,7 @@ if settings.benchmark_manifest is not None:  # unset: nothing to import, nothing
         start_date=settings.start_date,
         catchup=False,
         max_active_runs=1,  # one measurement at a time
-        params=benchmark.benchmark_params(PARAMS, settings.benchmark_manifest),
+        params=benchmark.benchmark_params(batch_params, settings.benchmark_manifest),
         default_args={
             "owner": "ml-platform",
             "retries": 1,  # transient faults only: an input the batch DAG refuses fails at once
@@ -40,7 +42,7 @@ if settings.benchmark_manifest is not None:  # unset: nothing to import, nothing
     )
     def detection_benchmark():
         # 1. Plan
-        runs = benchmark.plan()
+        runs = benchmark.plan(param_defaults(batch_params))
 
         # 2. Run: one awaited batch run
         TriggerDagRunOperator.partial(

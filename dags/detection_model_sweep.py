@@ -18,17 +18,18 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import dag
 
 from detection_pipeline import sweep
-from detection_pipeline.config import PARAMS
+from detection_pipeline.config import build_params, param_defaults
 from detection_pipeline.settings import load_settings
 
 settings = load_settings()
+batch_params = build_params(settings)
 
 
 @dag(
     dag_id=sweep.SWEEP_DAG_ID,
     schedule=None,
     catchup=False,
-    params=sweep.sweep_params(PARAMS),
+    params=sweep.sweep_params(batch_params),
     default_args={
         "owner": "ml-platform",
         "retries": 1,  # transient faults only: a bad combination or an incomplete sweep fails at once
@@ -39,7 +40,7 @@ settings = load_settings()
 )
 def detection_model_sweep():
     # 1. Plan
-    runs = sweep.plan()
+    runs = sweep.plan(param_defaults(batch_params))
 
     # 2. Run: one batch run per combination
     batch_runs = TriggerDagRunOperator.partial(
@@ -53,7 +54,7 @@ def detection_model_sweep():
     ).expand_kwargs(runs)
 
     # 3. Compare
-    batch_runs >> sweep.compare(runs)
+    batch_runs >> sweep.compare(runs, settings.for_tasks())
 
 
 dag = detection_model_sweep()

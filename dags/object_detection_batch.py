@@ -20,7 +20,7 @@ from datetime import timedelta
 from airflow.sdk import dag
 
 from detection_pipeline import assets, tasks
-from detection_pipeline.config import PARAMS
+from detection_pipeline.config import build_params
 from detection_pipeline.input_sensor import wait_for_input
 from detection_pipeline.launch import detect_task
 from detection_pipeline.settings import load_settings
@@ -34,7 +34,7 @@ settings = load_settings()
     start_date=settings.start_date,
     catchup=False,
     max_active_runs=settings.max_active_runs,
-    params=PARAMS,
+    params=build_params(settings),
     default_args={
         "owner": "ml-platform",
         "retries": 2,
@@ -44,7 +44,7 @@ settings = load_settings()
     doc_md=__doc__,
 )
 def object_detection_batch():
-    run = tasks.validate_config()
+    run = tasks.validate_config(settings.for_tasks())
 
     # 1. Manifest, once the input is there
     manifest = tasks.build_manifest(run)

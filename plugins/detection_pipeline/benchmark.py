@@ -26,7 +26,7 @@ from typing import Any
 from airflow.sdk import Param, get_current_context, task
 
 from detection_pipeline import uris
-from detection_pipeline.config import PARAMS, RunConfig
+from detection_pipeline.config import RunConfig, param_defaults
 from detection_pipeline.errors import PermanentError, at_the_boundary
 from detection_pipeline.sweep import BATCH_DAG_ID
 
@@ -53,7 +53,7 @@ def plan_run(
         resolved = uris.resolve_placeholders(input_uri, logical_date)
     except uris.URIError as err:
         raise BenchmarkError(f"input_uri: {err}") from None
-    defaults = {k: p.value for k, p in PARAMS.items()} if batch_defaults is None else dict(batch_defaults)
+    defaults = param_defaults() if batch_defaults is None else dict(batch_defaults)
     try:
         config = RunConfig.from_params({**defaults, "input_uri": resolved}, logical_date)
     except ValueError as err:  # ConfigError, and the URI checks it wraps
@@ -70,8 +70,9 @@ def trigger_run_id(logical_date: datetime, input_uri: str) -> str:
 
 @task
 @at_the_boundary
-def plan() -> list[dict]:
-    """Check the benchmark's input with the batch DAG's rules and name its batch run."""
+def plan(batch_defaults: dict) -> list[dict]:
+    """Check the benchmark's input with the batch DAG's rules (over the batch DAG's Param defaults, built by
+    the DAG file) and name its batch run."""
     context = get_current_context()
     when = context.get("logical_date") or context["dag_run"].run_after
-    return [plan_run(context["params"]["input_uri"], when)]
+    return [plan_run(context["params"]["input_uri"], when, batch_defaults=batch_defaults)]

@@ -1,7 +1,7 @@
 """The run configuration: one validated, frozen object built once from the DAG's Params.
 
-Each field declares its description and JSON schema beside it; `PARAMS` (the DAG's trigger form and conf
-validation) and the Python checks are both derived from those declarations, so the two cannot drift apart.
+Each field declares its description and JSON schema beside it; `build_params` (the DAG's trigger form and
+conf validation, built by the DAG file from the settings it loads) and the Python checks are both derived from those declarations, so the two cannot drift apart.
 Params are not the only way in (tests, scripts, `from_dict` over XCom), so a `RunConfig` checks everything
 again when it is constructed: an invalid one cannot exist. Every error is a `ConfigError` that starts with
 the field's name.
@@ -28,6 +28,7 @@ from detection_engine.catalog import (
     DEFAULT_MODEL,
     MODELS,
     PRECISIONS,
+    PUBLISHED_SCORE_THRESHOLD,
     RANDOM_WEIGHTS,
     WeightsError,
     canonical_weights,
@@ -187,7 +188,7 @@ class RunConfig:
         "With ground_truth_uri: keep detections down to this score (and up to 100 per image) so mAP covers the "
         "whole precision-recall curve; the results table then holds them too.",
         {"type": "number", "minimum": 0, "maximum": 1},
-        default=0.05,
+        default=PUBLISHED_SCORE_THRESHOLD,
     )
     image: str = _field(
         "Container image of the detection engine (inference_image/).",
@@ -304,7 +305,10 @@ def build_params(settings: Settings) -> dict[str, Param]:
     return params
 
 
-PARAMS: dict[str, Param] = build_params(load_settings())
+def param_defaults(params: Mapping[str, Param] | None = None) -> dict[str, Any]:
+    """What a run whose conf gives nothing runs with: the Params' defaults (the deployment's when not given)."""
+    params = build_params(load_settings()) if params is None else params
+    return {name: param.value for name, param in params.items()}
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -387,11 +391,6 @@ def _output_uri(value: str) -> str:
     return uris.as_prefix(uris.check_storage_uri(value))
 
 
-def _warehouse(value: str) -> str:
-    uris.parse_warehouse(value)
-    return value
-
-
 def _weights(value: str) -> str:
     if value == RANDOM_WEIGHTS or re.fullmatch(WEIGHTS_ENUM_MEMBER, value):
         return value
@@ -407,7 +406,7 @@ def _weights(value: str) -> str:
 _MEANING = {
     "input_uri": _input_uri,
     "output_uri": _output_uri,
-    "warehouse": _warehouse,
+    "warehouse": uris.check_warehouse,
     "weights": _weights,
     "weights_sha256": str.lower,
     "image": uris.check_image_reference,

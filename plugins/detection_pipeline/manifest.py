@@ -42,13 +42,13 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import duckdb
 import numpy as np
@@ -100,8 +100,9 @@ class FileBounds:
     timeout_s: float = settings.MANIFEST_TIMEOUT_S
 
     @classmethod
-    def from_settings(cls, deployment: settings.Settings) -> FileBounds:
-        return cls(deployment.max_manifest_bytes, deployment.manifest_timeout_s)
+    def from_deployment(cls, deployment: Mapping[str, Any]) -> FileBounds:
+        """From a run's `Settings.for_tasks()` snapshot."""
+        return cls(deployment["max_manifest_bytes"], deployment["manifest_timeout_s"])
 
 
 DEFAULT_FILE_BOUNDS = FileBounds()

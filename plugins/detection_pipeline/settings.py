@@ -109,6 +109,23 @@ class Settings:
     benchmark_manifest: str | None = None
     benchmark_schedule: str | None = "@daily"
 
+    def for_tasks(self) -> dict[str, Any]:
+        """What tasks need of the deployment, as JSON: the DAG file hands it to validate_config, which carries it
+        in the run dict, so every task of a run sees the settings the DAG was parsed with, whatever a
+        worker's own environment says."""
+        return {name: getattr(self, name) for name in TASK_SETTINGS}
+
+
+# The settings tasks read at run time (Settings.for_tasks); the rest only shape the DAG when it is parsed.
+TASK_SETTINGS = (
+    "gcp_conn_id",
+    "warehouse_lock_timeout_s",
+    "max_manifest_bytes",
+    "manifest_timeout_s",
+    "pod_cpu_request",
+    "pod_memory_request",
+)
+
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     """The deployment's settings from `env`; SettingsError naming the variable when one is invalid."""
@@ -121,7 +138,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         launcher=launcher,
         input_uri=read("DETECTION_INPUT_URI", str(var / "demo" / "images"), _input_uri),
         output_uri=read("DETECTION_OUTPUT_URI", str(var / "output"), _output_uri),
-        warehouse=read("DETECTION_WAREHOUSE", f"duckdb://{var / 'warehouse.duckdb'}", _warehouse),
+        warehouse=read("DETECTION_WAREHOUSE", f"duckdb://{var / 'warehouse.duckdb'}", uris.check_warehouse),
         image=read("DETECTION_IMAGE", "detection-engine:latest", uris.check_image_reference),
         namespace=read("DETECTION_NAMESPACE", "default", uris.check_dns_label),
         service_account_name=read("DETECTION_SERVICE_ACCOUNT", None, _service_account),
@@ -231,11 +248,6 @@ def _asset_uri(value: str) -> str:
 
 def _output_uri(value: str) -> str:
     return uris.as_prefix(uris.check_storage_uri(value))
-
-
-def _warehouse(value: str) -> str:
-    uris.parse_warehouse(value)
-    return value
 
 
 def _service_account(value: str) -> str:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Param, get_current_context, task
 
 from detection_engine import catalog, layout, storage
-from detection_pipeline.config import PARAMS, SIZE_RANGE, RunConfig
+from detection_pipeline.config import SIZE_RANGE, RunConfig, param_defaults
 from detection_pipeline.errors import PermanentError, at_the_boundary
 
 if TYPE_CHECKING:
@@ -62,20 +62,8 @@ PASS_THROUGH = (
     "eval_score_threshold",
 )
 
-# torchvision's published COCO val2017 box mAP of each model's COCO_V1 weights (weights meta "_metrics");
-# a test checks these against torchvision.
-PUBLISHED_BOX_MAP: dict[str, float] = {
-    "fasterrcnn_resnet50_fpn": 37.0,
-    "fasterrcnn_resnet50_fpn_v2": 46.7,
-    "fasterrcnn_mobilenet_v3_large_fpn": 32.8,
-    "fasterrcnn_mobilenet_v3_large_320_fpn": 22.8,
-    "retinanet_resnet50_fpn": 36.4,
-    "retinanet_resnet50_fpn_v2": 41.5,
-    "fcos_resnet50_fpn": 39.2,
-    "ssd300_vgg16": 25.1,
-    "ssdlite320_mobilenet_v3_large": 21.3,
-}
-_PUBLISHED_WEIGHTS = ("DEFAULT", "COCO_V1")  # the weights those numbers were measured with
+# The weights `ModelSpec.published_box_map` was measured with.
+_PUBLISHED_WEIGHTS = ("DEFAULT", "COCO_V1")
 
 # Airflow's default allowed_run_id_pattern is ^[A-Za-z0-9_.~:+-]+$; its run_id column holds 250 characters.
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.~:+-]")
@@ -157,7 +145,7 @@ def plan_runs(
             "DEFAULT, COCO_V1 or none"
         )
     model_sizes = _model_sizes(params.get("model_sizes"), models)
-    defaults = {k: p.value for k, p in PARAMS.items()} if batch_defaults is None else dict(batch_defaults)
+    defaults = param_defaults() if batch_defaults is None else dict(batch_defaults)
     when = logical_date or datetime.now(UTC)
     shared = {name: params[name] for name in PASS_THROUGH if name in params and name not in SIZES}
     runs = []
@@ -283,6 +271,11 @@ _FROM_RECORD = (
 )
 
 
+def _published_box_map(model: str, weights: str | None) -> float | None:
+    spec = catalog.MODELS.get(model)
+    return spec.published_box_map if spec is not None and weights in (*_PUBLISHED_WEIGHTS, None) else None
+
+
 def comparison_rows(plan: Sequence[Mapping], records: Mapping[str, Mapping | None]) -> list[dict]:
     """One row per planned run, in plan order, from its run record (keyed by run id); a run without a
     record still gets its row, with only model, precision and run id, so a failed run is visible."""
@@ -300,9 +293,7 @@ def comparison_rows(plan: Sequence[Mapping], records: Mapping[str, Mapping | Non
             "precision": precision,
             "box_map": record.get("coco_map"),
             "box_map50": record.get("coco_map50"),
-            "published_box_map": PUBLISHED_BOX_MAP.get(conf["model"])
-            if weights in (*_PUBLISHED_WEIGHTS, None)
-            else None,
+            "published_box_map": _published_box_map(conf["model"], weights),
             "images": record.get("processed"),
             **{key: record.get(key) for key in _FROM_RECORD},
             "run_id": run_id,
@@ -388,27 +379,29 @@ def write_comparison(rows: Sequence[Mapping], prefix: str, title: str) -> dict[s
 
 @task
 @at_the_boundary
-def plan() -> list[dict]:
-    """Validate every combination as the batch DAG will and name the batch run of each (model, precision)."""
+def plan(batch_defaults: dict) -> list[dict]:
+    """Validate every combination as the batch DAG will and name the batch run of each (model, precision).
+
+    `batch_defaults` are the batch DAG's Param defaults, built by the DAG file from the settings it loads."""
     context = get_current_context()
     when = context.get("logical_date") or context["dag_run"].run_after
-    return plan_runs(dict(context["params"]), context["run_id"], logical_date=when)
+    return plan_runs(
+        dict(context["params"]), context["run_id"], logical_date=when, batch_defaults=batch_defaults
+    )
 
 
 @task(trigger_rule="all_done")
 @at_the_boundary
-def compare(runs: list[dict]) -> dict[str, str]:
+def compare(runs: list[dict], deployment: dict) -> dict[str, str]:
     """Write the comparison table of every planned run, even when some failed (see `compare_runs`)."""
-    from detection_pipeline.settings import load_settings
     from detection_pipeline.warehouse import open_warehouse
 
     context = get_current_context()
     params, sweep_run_id = context["params"], context["run_id"]
-    settings = load_settings()
     warehouse = open_warehouse(
         params["warehouse"],
-        gcp_conn_id=settings.gcp_conn_id,
-        lock_timeout_s=settings.warehouse_lock_timeout_s,
+        gcp_conn_id=deployment["gcp_conn_id"],
+        lock_timeout_s=deployment["warehouse_lock_timeout_s"],
     )
     return compare_runs(
         warehouse,

@@ -32,15 +32,14 @@ def _config(run: dict) -> RunConfig:
     return RunConfig.from_dict(run["config"])
 
 
-def _warehouse(run: dict):
-    from detection_pipeline.settings import load_settings
+def _open_warehouse(run: dict):
     from detection_pipeline.warehouse import open_warehouse
 
-    settings = load_settings()
+    deployment = run["deployment"]
     return open_warehouse(
         _config(run).warehouse,
-        gcp_conn_id=settings.gcp_conn_id,
-        lock_timeout_s=settings.warehouse_lock_timeout_s,
+        gcp_conn_id=deployment["gcp_conn_id"],
+        lock_timeout_s=deployment["warehouse_lock_timeout_s"],
     )
 
 
@@ -48,9 +47,12 @@ def _warehouse(run: dict):
 # Airflow's "Returned value was" log line must not print it.
 @task(show_return_value_in_logs=False, multiple_outputs=False)
 @at_the_boundary
-def validate_config() -> dict:
+def validate_config(deployment: dict) -> dict:
     """Fail the run before any pod starts when the conf is wrong, or a file it names (state dict, ground
-    truth) is missing or not what it must be (preflight.py); otherwise fix the run's identity."""
+    truth) is missing or not what it must be (preflight.py); otherwise fix the run's identity.
+
+    `deployment` is the DAG file's `Settings.for_tasks()`: carried in the run dict, it is what every later
+    task reads of the deployment, so no task reads the worker's environment again."""
     from detection_pipeline import preflight
 
     started_at = datetime.now(UTC)
@@ -73,6 +75,7 @@ def validate_config() -> dict:
         "run_prefix": layout.run_prefix(config.output_uri, run_id),
         "started_at": started_at.isoformat(),
         "ground_truth": ground_truth,  # images, annotations, categories: checked before any shard
+        "deployment": deployment,
     }
 
 
@@ -81,18 +84,17 @@ def validate_config() -> dict:
 def build_manifest(run: dict) -> dict:
     """List, normalise and deduplicate the inputs; write the run's manifest."""
     from detection_pipeline import manifest
-    from detection_pipeline.settings import load_settings
 
     config = _config(run)
     if config.shard_size == "auto":  # sized from the speed earlier runs recorded (shard_size.py)
         from detection_pipeline.shard_size import resolve
 
-        history = _warehouse(run)
+        history = _open_warehouse(run)
         history.ensure_tables()
         config = resolve(config, history.runs())
     already_processed = None
     if config.incremental:
-        warehouse = _warehouse(run)
+        warehouse = _open_warehouse(run)
         warehouse.ensure_tables()
         already_processed = partial(
             warehouse.processed_uris,
@@ -104,7 +106,7 @@ def build_manifest(run: dict) -> dict:
         config,
         run["run_prefix"],
         already_processed=already_processed,
-        bounds=manifest.FileBounds.from_settings(load_settings()),
+        bounds=manifest.FileBounds.from_deployment(run["deployment"]),
     )
     return dataclasses.asdict(stats)
 
@@ -126,7 +128,12 @@ def launch_kwargs(run: dict, specs: list[dict]) -> list[dict]:
 
     return [
         detect_shard_kwargs(
-            run["config"], spec, run_id=run["run_id"], run_date=run["run_date"], run_prefix=run["run_prefix"]
+            run["config"],
+            spec,
+            run_id=run["run_id"],
+            run_date=run["run_date"],
+            run_prefix=run["run_prefix"],
+            deployment=run["deployment"],
         )
         for spec in specs
     ]
@@ -136,7 +143,7 @@ def launch_kwargs(run: dict, specs: list[dict]) -> list[dict]:
 @at_the_boundary
 def load_results(run: dict, specs: list[dict]) -> dict:
     """Load every planned shard's files into the warehouse, replacing the run's rows (idempotent)."""
-    warehouse = _warehouse(run)
+    warehouse = _open_warehouse(run)
     warehouse.ensure_tables()
     prefix = run["run_prefix"]
     indices = [spec["shard_index"] for spec in specs]
@@ -188,7 +195,7 @@ def aggregate(run: dict, manifest_stats: dict, specs: list[dict], accuracy: dict
         started_at=run["started_at"],
         accuracy=accuracy,
     )
-    _warehouse(run).write_run_record(record)
+    _open_warehouse(run).write_run_record(record)
     return record
 
 
@@ -199,7 +206,10 @@ def verify(run: dict, manifest_stats: dict, specs: list[dict]) -> None:
     from detection_pipeline.verify import check_run
 
     check_run(
-        _warehouse(run), run["run_id"], expected_unique=manifest_stats["unique"], expected_shards=len(specs)
+        _open_warehouse(run),
+        run["run_id"],
+        expected_unique=manifest_stats["unique"],
+        expected_shards=len(specs),
     )
 
 
@@ -212,6 +222,6 @@ def report(run: dict, record: dict) -> dict:
     config = _config(run)
     report_uri = build_run_report(run["run_prefix"], record)
     dashboard_uri = build_dashboard(
-        _warehouse(run).runs_frame(), layout.join(config.output_uri, "dashboard.html")
+        _open_warehouse(run).runs_frame(), layout.join(config.output_uri, "dashboard.html")
     )
     return {"report_uri": report_uri, "dashboard_uri": dashboard_uri}

@@ -254,6 +254,12 @@ def parse_warehouse(uri: str) -> WarehouseURI:
     raise URIError(f"unsupported warehouse URI {uri!r}: {_EXPECTED_WAREHOUSE}")
 
 
+def check_warehouse(uri: str) -> str:
+    """`uri` unchanged when `parse_warehouse` accepts it (a check for settings and config fields)."""
+    parse_warehouse(uri)
+    return uri
+
+
 # -- names ---------------------------------------------------------------------------------------
 
 

@@ -9,11 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from detection_pipeline import benchmark
-from detection_pipeline.config import PARAMS
+from detection_pipeline.config import build_params
 from detection_pipeline.errors import PermanentError
+from detection_pipeline.settings import load_settings
 
 DAY = datetime(2026, 11, 21, tzinfo=UTC)
 MANIFEST = "gs://bench/street-500.parquet"
+
+PARAMS = build_params(load_settings())  # what the DAG files build
 
 
 def test_the_run_reads_the_manifest_with_every_other_option_at_the_batch_defaults():

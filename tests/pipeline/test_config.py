@@ -1,4 +1,4 @@
-"""RunConfig and PARAMS: one set of rules, applied by Airflow's Param schemas and again in Python."""
+"""RunConfig and the DAG's Params: one set of rules, applied by Airflow's Param schemas and again in Python."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 
 from detection_engine.catalog import MODELS
-from detection_pipeline.config import FIELDS, PARAMS, ConfigError, RunConfig, build_params
+from detection_pipeline.config import FIELDS, ConfigError, RunConfig, build_params
 from detection_pipeline.settings import load_settings
 
 NOV_21 = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
+
+PARAMS = build_params(load_settings())  # what the batch DAG file builds
 
 
 def _params(**overrides) -> dict:

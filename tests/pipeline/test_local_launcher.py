@@ -17,7 +17,7 @@ from detection_engine import layout
 from detection_pipeline.config import RunConfig
 from detection_pipeline.launch import MAP_INDEX_TEMPLATE, RETRIES, detect_task
 from detection_pipeline.launch.local import LocalShardOperator
-from detection_pipeline.launch.pod import IMAGE_ENV, detect_shard_kwargs
+from detection_pipeline.launch.shard_kwargs import IMAGE_ENV, detect_shard_kwargs
 from detection_pipeline.settings import load_settings
 
 RUN_ID = "manual__2026-11-21T08:00:00+00:00"
@@ -84,7 +84,7 @@ def _operator(shard: dict, settings=None, **config_overrides) -> tuple[DAG, Loca
         run_id=RUN_ID,
         run_date=RUN_DATE,
         run_prefix=shard["run_prefix"],
-        settings=settings,
+        deployment=settings.for_tasks(),
     )
     with DAG("detect_local_test", schedule=None) as dag:
         mapped = detect_task(settings).expand_kwargs([kwargs])

@@ -504,12 +504,14 @@ def test_a_missing_manifest_over_http_says_it_does_not_exist(tmp_path, http_fold
 
 
 def test_the_deployment_sets_the_bounds():
-    bounds = manifest.FileBounds.from_settings(
-        load_settings({"DETECTION_MAX_MANIFEST_BYTES": "4096", "DETECTION_MANIFEST_TIMEOUT_S": "7"})
+    bounds = manifest.FileBounds.from_deployment(
+        load_settings(
+            {"DETECTION_MAX_MANIFEST_BYTES": "4096", "DETECTION_MANIFEST_TIMEOUT_S": "7"}
+        ).for_tasks()
     )
 
     assert bounds == manifest.FileBounds(max_bytes=4096, timeout_s=7)
-    assert manifest.FileBounds.from_settings(load_settings({})) == manifest.FileBounds()
+    assert manifest.FileBounds.from_deployment(load_settings({}).for_tasks()) == manifest.FileBounds()
 
 
 # -- any text as a manifest file -------------------------------------------------------------------

@@ -18,7 +18,8 @@ from kubernetes.client import ApiClient
 from detection_pipeline.config import RunConfig
 from detection_pipeline.launch import MAP_INDEX_TEMPLATE, RETRIES, detect_task
 from detection_pipeline.launch.engine_args import engine_arguments
-from detection_pipeline.launch.pod import POD_NAME_MAX, RUN_AS_USER, detect_shard_kwargs, pod_name, run_hash
+from detection_pipeline.launch.pod import RUN_AS_USER
+from detection_pipeline.launch.shard_kwargs import POD_NAME_MAX, detect_shard_kwargs, pod_name, run_hash
 from detection_pipeline.settings import load_settings
 
 K8S_VERSION = (
@@ -90,7 +91,12 @@ def _rendered_pod(settings, kwargs) -> dict:
 
 def test_shard_kwargs_are_plain_json_for_xcom():
     kwargs = detect_shard_kwargs(
-        _config(), SHARD, run_id=RUN_ID, run_date=RUN_DATE, run_prefix=RUN_PREFIX, settings=_settings()
+        _config(),
+        SHARD,
+        run_id=RUN_ID,
+        run_date=RUN_DATE,
+        run_prefix=RUN_PREFIX,
+        deployment=_settings().for_tasks(),
     )
     assert json.loads(json.dumps(kwargs)) == kwargs
 
@@ -99,7 +105,12 @@ def test_rendered_pod_is_a_valid_gpu_pod_running_the_engine_arguments(connection
     settings = _settings()
     config = _config()
     kwargs = detect_shard_kwargs(
-        config, SHARD, run_id=RUN_ID, run_date=RUN_DATE, run_prefix=RUN_PREFIX, settings=settings
+        config,
+        SHARD,
+        run_id=RUN_ID,
+        run_date=RUN_DATE,
+        run_prefix=RUN_PREFIX,
+        deployment=settings.for_tasks(),
     )
 
     manifest = _rendered_pod(settings, kwargs)
@@ -137,7 +148,12 @@ def test_rendered_pod_is_a_valid_gpu_pod_running_the_engine_arguments(connection
 def test_pod_runs_as_non_root_with_a_read_only_root_and_writable_scratch(connection):
     settings = _settings()
     kwargs = detect_shard_kwargs(
-        _config(), SHARD, run_id=RUN_ID, run_date=RUN_DATE, run_prefix=RUN_PREFIX, settings=settings
+        _config(),
+        SHARD,
+        run_id=RUN_ID,
+        run_date=RUN_DATE,
+        run_prefix=RUN_PREFIX,
+        deployment=settings.for_tasks(),
     )
 
     spec = _rendered_pod(settings, kwargs)["spec"]
@@ -170,7 +186,12 @@ def test_pod_runs_as_the_user_the_image_creates():
 def test_pod_is_named_and_labelled_by_run_and_shard(connection):
     settings = _settings()
     kwargs = detect_shard_kwargs(
-        _config(), SHARD, run_id=RUN_ID, run_date=RUN_DATE, run_prefix=RUN_PREFIX, settings=settings
+        _config(),
+        SHARD,
+        run_id=RUN_ID,
+        run_date=RUN_DATE,
+        run_prefix=RUN_PREFIX,
+        deployment=settings.for_tasks(),
     )
 
     metadata = _rendered_pod(settings, kwargs)["metadata"]
@@ -211,7 +232,12 @@ def test_runs_that_share_a_long_prefix_get_different_pod_names():
 def test_mapped_task_caps_gpu_pods_retries_and_defers(connection):
     settings = _settings(max_active_pods=7, pod_startup_timeout_s=1200)
     kwargs = detect_shard_kwargs(
-        _config(), SHARD, run_id=RUN_ID, run_date=RUN_DATE, run_prefix=RUN_PREFIX, settings=settings
+        _config(),
+        SHARD,
+        run_id=RUN_ID,
+        run_date=RUN_DATE,
+        run_prefix=RUN_PREFIX,
+        deployment=settings.for_tasks(),
     )
 
     dag, mapped, operator = _mapped_and_unmapped(settings, kwargs)
@@ -260,7 +286,12 @@ def test_an_unknown_launcher_is_refused_at_parse_time():
 def test_spot_runs_are_scheduled_on_gke_spot_nodes_only(connection, spot):
     config = {**_config(), "spot": spot}
     kwargs = detect_shard_kwargs(
-        config, SHARD, run_id=RUN_ID, run_date=RUN_DATE, run_prefix=RUN_PREFIX, settings=_settings()
+        config,
+        SHARD,
+        run_id=RUN_ID,
+        run_date=RUN_DATE,
+        run_prefix=RUN_PREFIX,
+        deployment=_settings().for_tasks(),
     )
     manifest = _rendered_pod(_settings(), kwargs)
 

@@ -1,7 +1,7 @@
 """The `detect` step: one engine run per shard, as a GPU pod or as a local process, chosen by configuration.
 
 `settings.launcher` (env DETECTION_LAUNCHER, read when the DAG file is parsed) picks the operator; both take
-the same per-shard kwargs from `detect_shard_kwargs`, run the same `python -m detection_engine` with the same
+the same per-shard kwargs from `shard_kwargs.detect_shard_kwargs`, run the same `python -m detection_engine` with the same
 arguments, and return the same summary dict. The DAG writes `detect_task(settings).expand_kwargs(...)`.
 """
 
@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from detection_pipeline.launch.engine_args import engine_arguments
-from detection_pipeline.launch.pod import detect_shard_kwargs
+from detection_pipeline.launch.shard_kwargs import detect_shard_kwargs
 from detection_pipeline.settings import LAUNCHERS
 
 if TYPE_CHECKING:

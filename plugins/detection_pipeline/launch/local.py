@@ -1,6 +1,6 @@
 """The `detect` step of the embedded default: the pod's program, run as a local process.
 
-`LocalShardOperator` takes the same per-shard kwargs as the pod (`pod.detect_shard_kwargs`) and runs the same
+`LocalShardOperator` takes the same per-shard kwargs as the pod (`shard_kwargs.detect_shard_kwargs`) and runs the same
 entrypoint with the same arguments, so the embedded default exercises the production code path except for
 where the process runs. The kwargs that only place a pod (image, name, namespace, container_resources,
 node_selector, tolerations) are accepted and ignored by design: there is no container, scheduler or GPU node
@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import subprocess
 import sys
 import tempfile
-import threading
-from collections import deque
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
+from airflow.providers.standard.hooks.subprocess import SubprocessHook
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 import detection_engine
-from detection_pipeline.launch.pod import IMAGE_ENV
+from detection_pipeline.launch.shard_kwargs import IMAGE_ENV
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -73,23 +70,31 @@ class LocalShardOperator(BaseOperator):
         self.arguments = list(arguments)
         self.env_vars = dict(env_vars or {})
         self.labels = dict(labels or {})  # read by the map index template, as on the pod
-        self._process: subprocess.Popen | None = None
+        self._hook = SubprocessHook()  # streams the engine's output into the task log, as BashOperator does
 
     def execute(self, context: Context) -> dict:
         with tempfile.TemporaryDirectory(prefix="detect-") as tmp:
             summary_path = Path(tmp) / SUMMARY_FILE
             command = [sys.executable, "-m", ENGINE_MODULE, *self.arguments, f"--summary-path={summary_path}"]
-            self.log.info("Running %s", shlex.join(command))
-            returncode, last_error = self._run(command, self._environment())
-            if returncode != 0:
-                raise engine_failure(returncode, last_error)
+            try:
+                result = self._hook.run_command(command, env=self._environment(), cwd=tmp)
+            finally:  # interrupted (timeout, kill): never leave an engine running unowned
+                self._stop_engine()
+            if result.exit_code != 0:
+                raise engine_failure(result.exit_code, result.output or None)
             if not summary_path.exists():
                 raise AirflowException(f"detection engine exited 0 but wrote no summary at {summary_path}")
             return json.loads(summary_path.read_text())
 
     def on_kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+        self._stop_engine()
+
+    def _stop_engine(self) -> None:
+        """SIGTERM to the engine's process group (it commits its finished images and exits 5), then reap it."""
+        process = self._hook.sub_process
+        if process is not None and process.poll() is None:
+            self._hook.send_sigterm()
+            process.wait()
 
     def _environment(self) -> dict[str, str]:
         """The worker's environment plus the shard's, with the engine this process imports first on the path.
@@ -103,38 +108,3 @@ class LocalShardOperator(BaseOperator):
         env = {**os.environ, **self.env_vars, "PYTHONPATH": python_path}
         env.pop(IMAGE_ENV, None)
         return env
-
-    def _run(self, command: list[str], env: dict[str, str]) -> tuple[int, str | None]:
-        """Stream stdout and stderr into the task log as they come; return the exit code and last stderr line."""
-        process = self._process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            env=env,
-        )
-        stderr_tail: deque[str] = deque(maxlen=1)
-        stderr_reader = threading.Thread(
-            target=self._log_lines, args=(process.stderr, stderr_tail), daemon=True
-        )
-        stderr_reader.start()
-        try:
-            self._log_lines(process.stdout, None)
-            returncode = process.wait()
-        finally:
-            if process.poll() is None:  # interrupted (timeout, kill): never leave an engine running unowned
-                process.terminate()
-                process.wait()
-            stderr_reader.join()
-        return returncode, (stderr_tail[-1] if stderr_tail else None)
-
-    def _log_lines(self, stream: IO[str], tail: deque[str] | None) -> None:
-        for line in stream:
-            line = line.rstrip()
-            if line:
-                self.log.info("%s", line)
-                if tail is not None:
-                    tail.append(line)
-        stream.close()
