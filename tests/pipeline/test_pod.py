@@ -130,6 +130,7 @@ def test_rendered_pod_is_a_valid_gpu_pod_running_the_engine_arguments(connection
             manifest_uri=SHARD["manifest_uri"],
         ),
         "--devices=auto",  # every GPU the pod is given runs a model replica
+        "--decode-workers=6",  # the pod's CPU request: its decode threads
     ]
     assert "--weights=gs://bucket/models/detector with space.pth" in engine["args"]
     assert engine["resources"] == {
