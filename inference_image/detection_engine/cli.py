@@ -23,7 +23,7 @@ from detection_engine.auto_batch import parse_batch_size
 from detection_engine.catalog import DEFAULT_MODEL, MODELS, PRECISIONS
 from detection_engine.decode import DEFAULT_MAX_PIXELS
 from detection_engine.devices import AUTO, parse_devices
-from detection_engine.fetch import ManifestError
+from detection_engine.fetch import ShardManifestError
 from detection_engine.models import DeviceError, ModelLoadError, ModelOptions
 from detection_engine.parts import CommitPolicy, Preempted
 from detection_engine.pipeline import PipelineOptions
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_shard(job, stop)
     except Preempted as exc:
         return _user_error(EXIT_PREEMPTED, f"preempted: {exc}")
-    except (UsageError, ManifestError, DeviceError) as exc:
+    except (UsageError, ShardManifestError, DeviceError) as exc:
         return _user_error(EXIT_USAGE, str(exc))
     except ModelLoadError as exc:
         return _user_error(EXIT_MODEL, str(exc))

@@ -2,7 +2,7 @@
 
 A failed image read becomes a `decode.ImageError` with one of the fetch reason codes (not_found,
 permission_denied, is_directory, empty_file, fetch_error, ...), so a bad object is one error row and never
-stops the shard. A shard manifest that cannot be used is a `ManifestError`: the shard cannot start.
+stops the shard. A shard manifest that cannot be used is a `ShardManifestError`: the shard cannot start.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ MANIFEST_COLUMN = "image_uri"
 SHARD_MANIFEST_LIMITS = ReadLimits(max_bytes=1 << 30, timeout_s=600.0)  # a 10M-URI shard: ~60 MB Parquet
 
 
-class ManifestError(Exception):
+class ShardManifestError(Exception):
     """The shard manifest cannot be used (missing, unreadable, wrong shape): the shard cannot start."""
 
 
@@ -44,8 +44,8 @@ def read_shard_manifest(uri: str) -> list[str]:
         data = storage.read_file(uri, SHARD_MANIFEST_LIMITS)
     except ReadRefused as exc:
         if exc.code == "not_found":
-            raise ManifestError(f"shard manifest not found: {redact(uri)}") from None
-        raise ManifestError(f"cannot read shard manifest {redact(uri)}: {exc.reason}") from None
+            raise ShardManifestError(f"shard manifest not found: {redact(uri)}") from None
+        raise ShardManifestError(f"cannot read shard manifest {redact(uri)}: {exc.reason}") from None
     if data[:4] == b"PAR1":
         return _parquet_uris(data, uri)
     return _text_uris(data, uri)
@@ -56,18 +56,18 @@ def _parquet_uris(data: bytes, uri: str) -> list[str]:
         parquet = pq.ParquetFile(pa.BufferReader(data))
         names = parquet.schema_arrow.names
         if MANIFEST_COLUMN not in names:
-            raise ManifestError(
+            raise ShardManifestError(
                 f"shard manifest {redact(uri)} has no column {MANIFEST_COLUMN!r} (columns: {names})"
             )
         column = parquet.read(columns=[MANIFEST_COLUMN]).column(MANIFEST_COLUMN)
-    except ManifestError:
+    except ShardManifestError:
         raise
     except Exception as exc:
-        raise ManifestError(
+        raise ShardManifestError(
             f"shard manifest {redact(uri)} is not readable Parquet: {redact(str(exc))}"
         ) from exc
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise ManifestError(
+        raise ShardManifestError(
             f"shard manifest {redact(uri)}: column {MANIFEST_COLUMN!r} is {column.type}, not string"
         )
     uris = column.to_pylist()
@@ -79,9 +79,11 @@ def _text_uris(data: bytes, uri: str) -> list[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ManifestError(f"shard manifest {redact(uri)} is neither Parquet nor UTF-8 text") from None
+        raise ShardManifestError(f"shard manifest {redact(uri)} is neither Parquet nor UTF-8 text") from None
     if "\x00" in text:
-        raise ManifestError(f"shard manifest {redact(uri)} is neither Parquet nor text (contains NUL bytes)")
+        raise ShardManifestError(
+            f"shard manifest {redact(uri)} is neither Parquet nor text (contains NUL bytes)"
+        )
     lines = (
         line.strip() for line in text.split("\n")
     )  # "\n" only: str.splitlines also splits on U+2028 etc.
@@ -91,7 +93,9 @@ def _text_uris(data: bytes, uri: str) -> list[str]:
 def _check_no_blank(uris: list, uri: str) -> None:
     for row, value in enumerate(uris):
         if value is None or not value.strip():
-            raise ManifestError(f"shard manifest {redact(uri)}: row {row} has an empty {MANIFEST_COLUMN}")
+            raise ShardManifestError(
+                f"shard manifest {redact(uri)}: row {row} has an empty {MANIFEST_COLUMN}"
+            )
 
 
-__all__ = ["ManifestError", "fetch_bytes", "read_shard_manifest"]
+__all__ = ["ShardManifestError", "fetch_bytes", "read_shard_manifest"]

@@ -11,7 +11,6 @@ fail to fetch or decode never enter a batch: they become error results right awa
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from detection_engine.auto_batch import AUTO, choose_batch_size
+from detection_engine.cpus import usable_cpus
 from detection_engine.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from detection_engine.fetch import fetch_bytes
 from detection_engine.inference import Detections, Detector, Failed
@@ -34,7 +34,7 @@ from detection_engine.storage import DEFAULT_LIMITS, ReadLimits
 class PipelineOptions:
     batch_size: int | str = AUTO  # auto_batch.py's rule, resolved per run on its devices
     fetch_workers: int = 8
-    decode_workers: int = max(1, min(4, os.cpu_count() or 1))
+    decode_workers: int = field(default_factory=usable_cpus)  # a pod passes its CPU request instead
     prefetch_batches: int = 3
     group_window: int = 4  # batches' worth of decoded images searched for similar shapes; 1 = arrival order
     max_image_pixels: int = DEFAULT_MAX_PIXELS

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
-
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 

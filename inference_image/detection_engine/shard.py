@@ -48,7 +48,7 @@ class ShardJob:
 
 def read_manifest(uri: str) -> list[str]:
     """The shard's URIs, each once, in manifest order (the planner dedupes; a repeat here would be a 2nd row)."""
-    uris = read_shard_manifest(uri)  # raises ManifestError with the one line the user sees
+    uris = read_shard_manifest(uri)  # raises ShardManifestError with the one line the user sees
     unique = list(dict.fromkeys(uris))
     if len(unique) < len(uris):
         log.warning(

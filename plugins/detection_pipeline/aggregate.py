@@ -174,20 +174,22 @@ def build_run_record(
         if cost.cost_usd is not None and processed
         else None,
         **pipeline_versions(),
-        "python_version": _one(metrics, "python_version") or pipeline_versions()["python_version"],
-        "torch_version": _one(metrics, "torch_version"),
-        "torchvision_version": _one(metrics, "torchvision_version"),
-        "cuda_version": _one(metrics, "cuda_version"),
-        "container_image": _one(metrics, "container_image"),  # none for the embedded default's local process
-        "device_name": _one(metrics, "device_name"),
-        "model_name": _one(metrics, "model_name") or config.model,
-        "weights_id": _one(metrics, "weights_id")
+        "python_version": _across_shards(metrics, "python_version") or pipeline_versions()["python_version"],
+        "torch_version": _across_shards(metrics, "torch_version"),
+        "torchvision_version": _across_shards(metrics, "torchvision_version"),
+        "cuda_version": _across_shards(metrics, "cuda_version"),
+        "container_image": _across_shards(
+            metrics, "container_image"
+        ),  # none for the embedded default's local process
+        "device_name": _across_shards(metrics, "device_name"),
+        "model_name": _across_shards(metrics, "model_name") or config.model,
+        "weights_id": _across_shards(metrics, "weights_id")
         or weights_id(config.model, config.weights, config.weights_sha256),
-        "weights_sha256": _one(metrics, "weights_sha256") or config.weights_sha256,
+        "weights_sha256": _across_shards(metrics, "weights_sha256") or config.weights_sha256,
         "random_weights": any(m["random_weights"] for m in metrics)
         if metrics
         else config.weights == RANDOM_WEIGHTS,
-        "precision": _one(metrics, "precision") or config.precision,
+        "precision": _across_shards(metrics, "precision") or config.precision,
         "batch_size": _batch_size(config.batch_size, metrics),
         "recorded_at": recorded_at or datetime.now(UTC),
     }
@@ -244,7 +246,8 @@ def _batch_weighted(metrics: Sequence[dict], key: str) -> float | None:
     return sum(value * b for value, b in pairs) / batches if batches else None
 
 
-def _one(metrics: Sequence[dict], key: str) -> str | None:
-    """The shards' common value; distinct values joined with " | " so a mixed run is visible as such."""
+def _across_shards(metrics: Sequence[dict], key: str) -> str | None:
+    """The value the shards share, or, in a mixed run, their distinct values joined with " | " so the run
+    record shows it was mixed (two torch versions, two GPU models) instead of picking one."""
     values = sorted({str(m[key]) for m in metrics if m[key] is not None})
     return " | ".join(values) if values else None

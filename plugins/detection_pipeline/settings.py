@@ -22,7 +22,7 @@ override every Param. The embedded default needs none of them: its defaults poin
 | DETECTION_GCP_CONN_ID | google_cloud_default | Airflow connection for BigQuery |
 | DETECTION_SCHEDULE | @daily | a preset, a cron expression, or `none` for manual runs only |
 | DETECTION_START_DATE | 2026-01-01 | first logical date (UTC) |
-| DETECTION_POD_CPU | 4 | CPU request of a shard pod (Kubernetes quantity) |
+| DETECTION_POD_CPU | 4 | CPU request of a shard pod (4, 3.5 or 3500m); its whole cores are the engine's decode threads |
 | DETECTION_POD_MEMORY | 16Gi | memory request of a shard pod (Kubernetes quantity) |
 | DETECTION_POD_STARTUP_TIMEOUT_S | 900 | how long a pod may wait for a GPU node (autoscaling) and start |
 | DETECTION_RETRY_DELAY_S | 60 | wait before a failed task's retry (warehouse or storage outages, preempted GPU nodes) |
@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from detection_engine.cpus import cores_of_quantity
 from detection_pipeline import uris
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +151,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         gcp_conn_id=read("DETECTION_GCP_CONN_ID", "google_cloud_default", _conn_id),
         schedule=read("DETECTION_SCHEDULE", "@daily", _schedule),
         start_date=read("DETECTION_START_DATE", "2026-01-01", _date),
-        pod_cpu_request=read("DETECTION_POD_CPU", "4", _quantity),
+        pod_cpu_request=read("DETECTION_POD_CPU", "4", _cpu_quantity),
         pod_memory_request=read("DETECTION_POD_MEMORY", "16Gi", _quantity),
         pod_startup_timeout_s=read("DETECTION_POD_STARTUP_TIMEOUT_S", "900", _integer(30, 24 * 3600)),
         retry_delay_s=read("DETECTION_RETRY_DELAY_S", "60", _integer(1, 3600)),
@@ -278,6 +279,11 @@ def _date(value: str) -> datetime:
     except ValueError:
         raise ValueError(f"must be a date like 2026-01-01, got {value!r}") from None
     return day.replace(tzinfo=UTC)
+
+
+def _cpu_quantity(value: str) -> str:
+    cores_of_quantity(value)  # the launcher sizes the pod's decode threads from it
+    return value
 
 
 def _quantity(value: str) -> str:

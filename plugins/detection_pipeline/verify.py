@@ -1,4 +1,4 @@
-"""The exactly-once invariants of a run (DESIGN.md section 4), checked against the warehouse after the load.
+"""The exactly-once invariants of a run, checked against the warehouse after the load.
 
 1. every unique input image has exactly one results row (ok or error): rows == unique, no URI twice;
 2. every row is ok or error, and ok + failed == processed, in the results and in the run record alike;

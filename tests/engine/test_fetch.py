@@ -14,7 +14,7 @@ import pytest
 from fsspec.spec import AbstractFileSystem
 
 from detection_engine.decode import ImageError, decode_image
-from detection_engine.fetch import ManifestError, fetch_bytes, read_shard_manifest
+from detection_engine.fetch import ShardManifestError, fetch_bytes, read_shard_manifest
 from detection_engine.storage import filesystem_for
 from tests.bad_inputs import by_name, has_case, write_corpus
 
@@ -256,12 +256,12 @@ def test_unusable_manifests_raise_manifest_error(tmp_path, name, content, messag
         pq.write_table(content, path)
     else:
         path.write_bytes(content)
-    with pytest.raises(ManifestError, match=message):
+    with pytest.raises(ShardManifestError, match=message):
         read_shard_manifest(str(path))
 
 
 def test_missing_manifest_names_itself(tmp_path):
-    with pytest.raises(ManifestError, match=r"shard manifest not found: .*/nope\.parquet"):
+    with pytest.raises(ShardManifestError, match=r"shard manifest not found: .*/nope\.parquet"):
         read_shard_manifest(str(tmp_path / "nope.parquet"))
 
 
@@ -272,5 +272,5 @@ def test_gcs_manifests(gcs_emulator, gcs_bucket):
     gcs_emulator.put(f"{gcs_bucket}/shards/shard-00001.txt", "\n".join(_URIS).encode())
     assert read_shard_manifest(f"{gcs_bucket}/shards/shard-00000.parquet") == _URIS
     assert read_shard_manifest(f"{gcs_bucket}/shards/shard-00001.txt") == _URIS
-    with pytest.raises(ManifestError, match="not found"):
+    with pytest.raises(ShardManifestError, match="not found"):
         read_shard_manifest(f"{gcs_bucket}/shards/shard-00002.parquet")

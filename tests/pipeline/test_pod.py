@@ -89,29 +89,21 @@ def _rendered_pod(settings, kwargs) -> dict:
     return ApiClient().sanitize_for_serialization(pod)
 
 
-def test_shard_kwargs_are_plain_json_for_xcom():
-    kwargs = detect_shard_kwargs(
-        _config(),
-        SHARD,
-        run_id=RUN_ID,
-        run_date=RUN_DATE,
-        run_prefix=RUN_PREFIX,
-        deployment=_settings().for_tasks(),
+def _shard_kwargs(config: dict, deployment: dict) -> dict:
+    return detect_shard_kwargs(
+        config, SHARD, run_id=RUN_ID, run_date=RUN_DATE, run_prefix=RUN_PREFIX, deployment=deployment
     )
+
+
+def test_shard_kwargs_are_plain_json_for_xcom():
+    kwargs = _shard_kwargs(_config(), _settings().for_tasks())
     assert json.loads(json.dumps(kwargs)) == kwargs
 
 
 def test_rendered_pod_is_a_valid_gpu_pod_running_the_engine_arguments(connection):
     settings = _settings()
     config = _config()
-    kwargs = detect_shard_kwargs(
-        config,
-        SHARD,
-        run_id=RUN_ID,
-        run_date=RUN_DATE,
-        run_prefix=RUN_PREFIX,
-        deployment=settings.for_tasks(),
-    )
+    kwargs = _shard_kwargs(config, settings.for_tasks())
 
     manifest = _rendered_pod(settings, kwargs)
 
@@ -130,6 +122,7 @@ def test_rendered_pod_is_a_valid_gpu_pod_running_the_engine_arguments(connection
             manifest_uri=SHARD["manifest_uri"],
         ),
         "--devices=auto",  # every GPU the pod is given runs a model replica
+        "--decode-workers=6",  # the pod's CPU request: its decode threads
     ]
     assert "--weights=gs://bucket/models/detector with space.pth" in engine["args"]
     assert engine["resources"] == {
@@ -147,14 +140,7 @@ def test_rendered_pod_is_a_valid_gpu_pod_running_the_engine_arguments(connection
 
 def test_pod_runs_as_non_root_with_a_read_only_root_and_writable_scratch(connection):
     settings = _settings()
-    kwargs = detect_shard_kwargs(
-        _config(),
-        SHARD,
-        run_id=RUN_ID,
-        run_date=RUN_DATE,
-        run_prefix=RUN_PREFIX,
-        deployment=settings.for_tasks(),
-    )
+    kwargs = _shard_kwargs(_config(), settings.for_tasks())
 
     spec = _rendered_pod(settings, kwargs)["spec"]
 
@@ -185,14 +171,7 @@ def test_pod_runs_as_the_user_the_image_creates():
 
 def test_pod_is_named_and_labelled_by_run_and_shard(connection):
     settings = _settings()
-    kwargs = detect_shard_kwargs(
-        _config(),
-        SHARD,
-        run_id=RUN_ID,
-        run_date=RUN_DATE,
-        run_prefix=RUN_PREFIX,
-        deployment=settings.for_tasks(),
-    )
+    kwargs = _shard_kwargs(_config(), settings.for_tasks())
 
     metadata = _rendered_pod(settings, kwargs)["metadata"]
 
@@ -231,14 +210,7 @@ def test_runs_that_share_a_long_prefix_get_different_pod_names():
 
 def test_mapped_task_caps_gpu_pods_retries_and_defers(connection):
     settings = _settings(max_active_pods=7, pod_startup_timeout_s=1200)
-    kwargs = detect_shard_kwargs(
-        _config(),
-        SHARD,
-        run_id=RUN_ID,
-        run_date=RUN_DATE,
-        run_prefix=RUN_PREFIX,
-        deployment=settings.for_tasks(),
-    )
+    kwargs = _shard_kwargs(_config(), settings.for_tasks())
 
     dag, mapped, operator = _mapped_and_unmapped(settings, kwargs)
 
@@ -285,14 +257,7 @@ def test_an_unknown_launcher_is_refused_at_parse_time():
 @pytest.mark.parametrize("spot", [True, False])
 def test_spot_runs_are_scheduled_on_gke_spot_nodes_only(connection, spot):
     config = {**_config(), "spot": spot}
-    kwargs = detect_shard_kwargs(
-        config,
-        SHARD,
-        run_id=RUN_ID,
-        run_date=RUN_DATE,
-        run_prefix=RUN_PREFIX,
-        deployment=_settings().for_tasks(),
-    )
+    kwargs = _shard_kwargs(config, _settings().for_tasks())
     manifest = _rendered_pod(_settings(), kwargs)
 
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)

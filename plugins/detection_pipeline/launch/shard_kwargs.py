@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from detection_engine.cpus import cores_of_quantity
 from detection_pipeline.config import RunConfig
 from detection_pipeline.launch.engine_args import engine_arguments
 
@@ -79,6 +80,8 @@ def detect_shard_kwargs(
                 manifest_uri=shard_spec["manifest_uri"],
             ),
             POD_DEVICES,
+            # The pod's CPUs decode for its GPUs: no CPU limit means the engine cannot see the request itself.
+            f"--decode-workers={cores_of_quantity(deployment['pod_cpu_request'])}",
         ],
         "image": config.image,
         "namespace": config.namespace,
