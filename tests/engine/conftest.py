@@ -8,7 +8,6 @@ Helpers are handed out as session fixtures (factories), so test modules never im
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from detection_engine.models import ModelOptions
+from tests.processes import Measured, run_measured
 
 REPO = Path(__file__).resolve().parents[2]
 # Random-init detectors score close to 1/num_classes; 0.01 keeps boxes for every family while sparing NMS
@@ -70,17 +70,12 @@ def _engine_env() -> dict[str, str]:
     return env
 
 
-def _run_engine(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    """`python -m detection_engine ARGS` as a real subprocess, as both launchers run it."""
-    return subprocess.run(
+def _run_engine(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Measured:
+    """`python -m detection_engine ARGS` as a real subprocess, as both launchers run it, with its peak RSS."""
+    return run_measured(
         [sys.executable, "-m", "detection_engine", *args],
         env={**_engine_env(), **(env or {})},
-        capture_output=True,
-        text=True,
         timeout=timeout,
-        check=False,
     )
 
 
@@ -104,7 +99,7 @@ def write_manifest():
 
 @pytest.fixture(scope="session")
 def run_engine():
-    """run_engine(*args, env=None) -> CompletedProcess of the engine CLI in a subprocess."""
+    """run_engine(*args, env=None) -> the engine CLI's finished subprocess (a CompletedProcess with peak_rss_mib)."""
     return _run_engine
 
 

@@ -220,6 +220,9 @@ def test_unwritable_output_exits_4(tmp_path, manifest, capsys):
     assert "cannot write" in _user_error(capsys)
 
 
+HOSTILE_MEMORY_MARGIN_MIB = 256
+
+
 @pytest.mark.timeout(150)
 def test_a_shard_with_special_files_and_stuck_servers_exits_0_with_one_row_each(
     tmp_path, write_images, write_manifest, run_engine
@@ -253,6 +256,14 @@ def test_a_shard_with_special_files_and_stuck_servers_exits_0_with_one_row_each(
         f"{silent}/a.jpg": "timeout",
         f"{endless}/b.jpg": "too_large",
     }
+    # Bounded memory: the hostile inputs cost no more than a shard of the good image alone, give or take the
+    # capped reads (/dev/zero or the endless body read whole would add gigabytes within the 3 s deadline).
+    alone = run_engine(*_tiny_args(tmp_path, write_manifest(tmp_path / "alone.txt", [good])), timeout=120)
+    assert alone.returncode == 0, alone.stderr
+    assert done.peak_rss_mib < alone.peak_rss_mib + HOSTILE_MEMORY_MARGIN_MIB, (
+        done.peak_rss_mib,
+        alone.peak_rss_mib,
+    )
 
 
 # -- the engine's own files are read bounded; a stuck read never holds the process ---------------
