@@ -49,8 +49,21 @@ _STATE_DICT = r"\.(?:" + "|".join(uris.STATE_DICT_EXTENSIONS) + ")"
 _LOCAL_OR_GCS = r"(?:/|file:///|file://localhost/|gs://)"
 
 
+# JSON Schema's bounds cannot refuse NaN (every comparison with it is false), and Python's json reads NaN, so a
+# conf could carry one past `minimum`/`maximum` into a threshold or a timeout. Only NaN satisfies both of these
+# contradictory bounds, so `not` this subschema refuses NaN and nothing else; every number field gets it.
+NOT_NAN = {"type": "number", "minimum": 1, "maximum": 0}
+
+
+def _types(schema: dict) -> list[str]:
+    kind = schema["type"]
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
 def _field(description: str, schema: dict, default: Any = dataclasses.MISSING, hint: str | None = None):
     """A RunConfig field with its Param description and JSON schema (and, for patterns, what they mean)."""
+    if "number" in _types(schema):
+        schema = {**schema, "not": NOT_NAN}
     return field(default=default, metadata={"description": description, "schema": schema, "hint": hint})
 
 
@@ -351,11 +364,6 @@ def _check_field(f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def _types(schema: dict) -> list[str]:
-    kind = schema["type"]
-    return [kind] if isinstance(kind, str) else list(kind)
-
-
 def _describe_types(schema: dict) -> str:
     words = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false"}
     return " or ".join("null" if t == "null" else words[t] for t in _types(schema))
@@ -364,13 +372,31 @@ def _describe_types(schema: dict) -> str:
 def _explain(err, value: Any, schema: dict, hint: str | None) -> str:
     if err.validator == "enum":
         return f"must be one of {', '.join(map(str, schema['enum']))}, got {value!r}"
-    if err.validator in ("minimum", "maximum"):
-        return f"must be from {schema['minimum']} to {schema['maximum']}, got {value!r}"
+    if err.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"must be {_range(schema)}, got {value!r}"
+    if err.validator == "not" and err.validator_value is NOT_NAN:
+        return f"must be a finite number, got {value!r}"
     if err.validator == "pattern":
         return f"{value!r} is not {hint or 'valid'}"
     if err.validator in ("minLength", "maxLength"):
         return f"must be {schema.get('minLength', 0)} to {schema.get('maxLength', 'any')} characters long"
     return err.message
+
+
+def _range(schema: dict) -> str:
+    """The schema's bounds in words: 'from 1 to 256', 'more than 0 and at most 600'."""
+    if "minimum" in schema and "maximum" in schema:
+        return f"from {schema['minimum']} to {schema['maximum']}"
+    words = []
+    for key, text in (
+        ("minimum", "at least"),
+        ("exclusiveMinimum", "more than"),
+        ("maximum", "at most"),
+        ("exclusiveMaximum", "less than"),
+    ):
+        if key in schema:
+            words.append(f"{text} {schema[key]}")
+    return " and ".join(words)
 
 
 def _input_uri(value: str) -> str:

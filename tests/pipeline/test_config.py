@@ -5,13 +5,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detection_engine.catalog import MODELS
+from detection_pipeline import config as config_module
 from detection_pipeline.config import FIELDS, ConfigError, RunConfig, build_params
 from detection_pipeline.settings import load_settings
 
@@ -342,3 +346,39 @@ def test_json_for_the_run_record_masks_credentials_and_signed_url_tokens():
     assert record["input_uri"] == "https://***@example.com/lists/today.csv?***"
     assert record["batch_size"] == config.batch_size
     assert set(record) == set(FIELDS)
+
+
+# -- the Param form and RunConfig agree ------------------------------------------------------------
+
+# Fields whose only rules are their JSON schema (types, bounds, enums, patterns): for these the trigger form and
+# RunConfig must give the same answer on every value. The others add checks a schema cannot state (weights
+# enum members of the chosen model, '..' segments, date placeholders), listed in REJECTED with schema_too=False.
+SCHEMA_ONLY = sorted(name for name in FIELDS if name not in config_module._MEANING)
+
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1, 8, 16, 256, 1000, 1024, 4096, 1 << 34, 10_000_000]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 0.5, 1.0, 8.0, 8.5, 600.0, 600.5, float("nan"), float("inf"), -float("inf")]),
+    st.text(max_size=6),
+    st.sampled_from(["auto", "Auto", " auto", "8", "true", "fp16", "uri", "content", "1e3", "nan"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(SCHEMA_ONLY), value=JSON_VALUES)
+def test_the_param_form_and_run_config_accept_the_same_values(name, value):
+    """A conf the trigger form accepts starts the run, and one it refuses, RunConfig refuses too, naming the
+    field; nothing else is ever raised (NaN, inf, huge numbers and wrong types included)."""
+    try:
+        RunConfig.from_params(_params(**{name: value}), NOV_21)
+    except ConfigError as error:
+        assert str(error).startswith(f"{name}: ")
+        assert _schema_rejects(name, value), f"the form accepts {value!r}, the run then fails: {error}"
+    else:
+        assert not _schema_rejects(name, value), f"the form refuses {value!r}, which RunConfig accepts"
+        assert not (isinstance(value, float) and not math.isfinite(value))
