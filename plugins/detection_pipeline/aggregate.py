@@ -195,7 +195,7 @@ def build_run_record(
     }
     manifest_uri = manifest_stats.get("manifest_uri")  # the DAG's stats always name it
     record["workload_id"] = run_workload_id(config, manifest_uri, record) if manifest_uri else None
-    record["rejected"] = manifest_stats.get("rejected", 0)  # listed names that cannot be used as they are
+    record["rejected"] = manifest_stats.get("rejected", 0)  # names and entries that cannot be used
     examples = manifest_stats.get("rejected_examples") or []
     record["rejected_examples"] = json.dumps(list(examples)) if examples else None
     record["spot"] = config.spot

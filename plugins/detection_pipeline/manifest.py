@@ -8,12 +8,13 @@ Sources (input_uri):
 - a local or gs:// prefix, listed recursively; only image files count (by extension, any case: IMAGE_EXTENSIONS),
   the rest (sidecar JSON, _SUCCESS markers, ...) are counted as `skipped_not_image`;
 - a manifest file (.txt one URI per line, blank lines and '#' comments ignored; .csv with an `image_uri` or
-  `uri` column, or a single column without header; .parquet with `image_uri` or `uri`), local, gs:// or http(s).
-  Its entries were named on purpose, so only those with another extension (`notes.txt`, `scan.pdf`) are
-  counted as `skipped_not_image`; names without an extension (`gs://b/raw-0001`, `https://cdn/img?id=3`) are
-  kept, and one that does not decode becomes an error row for that image, never a silent drop.
-  An entry that is not a usable URI (relative path, other scheme, '..', control character) fails the build,
-  naming the first few, rather than being dropped: the file is the user's, and fixing it is theirs.
+  `uri` column, or a single column without header; .parquet with `image_uri` or `uri`: `manifest_files`),
+  local, gs:// or http(s). Its entries were named on purpose, so only those with another extension
+  (`notes.txt`, `scan.pdf`) are counted as `skipped_not_image`; names without an extension
+  (`gs://b/raw-0001`, `https://cdn/img?id=3`) are kept, and one that does not decode becomes an error row
+  for that image, never a silent drop. An entry that is not a usable URI (relative path, other scheme,
+  '..', control character) or a malformed CSV row is counted as `rejected` with a few examples, like a
+  listed name below: one bad line never fails a run, and the count says the file needs fixing.
   The file is read through `detection_engine.storage` (regular files only, a byte cap, the run's
   connect and read timeouts, a deadline: `FileBounds`), so a FIFO, a device, an oversize file, an endless
   body or a silent server fails the run at once with a ManifestError instead of hanging the task (a store
@@ -54,22 +55,19 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from detection_engine import layout, schema, storage
 from detection_engine.redaction import redact_text
-from detection_pipeline import settings, sharding, uri_columns, uris
+from detection_pipeline import manifest_files, settings, sharding, uri_columns, uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.errors import ManifestError
 
 log = logging.getLogger(__name__)
 
-URI_COLUMNS = ("image_uri", "uri")  # accepted names of the URI column of .csv and .parquet manifests
 HASH_WORKERS = 16  # concurrent reads when hashing contents (I/O bound)
 DUCKDB_MEMORY_LIMIT = "1GB"  # beyond this DuckDB sorts on disk, which keeps 10M URIs under 2 GB of RSS
-BATCH_ROWS = 1 << 20
-TEXT_BLOCK_BYTES = 64 << 20  # a text manifest is split this much at a time (~1M lines of ~60 characters)
+BATCH_ROWS = manifest_files.BATCH_ROWS  # sorted URIs per batch
 _EXAMPLES = 5
 
 ProcessedURIs = pa.Array | pa.ChunkedArray | Collection[str]
@@ -83,7 +81,7 @@ class ManifestStats:
     skipped_incremental: int  # unique images this model and weights already processed in earlier runs
     unique: int  # images in the manifest: listed - duplicates - skipped_incremental
     manifest_uri: str
-    rejected: int = 0  # listed names that cannot be used as they are (control characters, not UTF-8, ...)
+    rejected: int = 0  # names and entries that cannot be used (control characters, not UTF-8, relative, ...)
     rejected_examples: tuple[str, ...] = ()  # a few of them, as Python reprs (escapes, never raw bytes)
 
 
@@ -147,19 +145,27 @@ def build_manifest(
         rejected_examples=tuple(rejected.examples),
     )
     log.info("manifest of %s: %s (%d distinct URIs)", uris.redact(config.input_uri), stats, distinct)
+    if rejected.count:
+        log.warning(
+            "%d input name(s) or entries are not usable and were left out (an absolute local path, gs:// or "
+            "http(s) URL is needed; no '..' segments or control characters), e.g. %s",
+            rejected.count,
+            ", ".join(rejected.examples),
+        )
     return stats
 
 
 @dataclass
 class _Rejected:
-    """Listed names left out because they cannot be used as they are: how many, and the first few."""
+    """Names and entries left out because they cannot be used as they are: how many, and the first few
+    (reprs, redacted: an entry such as `ftp://user:pass@host/a.jpg` reaches the run record and report)."""
 
     count: int = 0
     examples: list[str] = field(default_factory=list)
 
     def add(self, names: list[str], count: int | None = None) -> None:
         self.count += len(names) if count is None else count
-        self.examples.extend(repr(name) for name in names[: _EXAMPLES - len(self.examples)])
+        self.examples.extend(redact_text(repr(name)) for name in names[: _EXAMPLES - len(self.examples)])
 
 
 # -- sources: batches of raw URI strings ---------------------------------------------------------
@@ -172,13 +178,9 @@ def _source(
     input_uri = config.input_uri
     kind = uris.extension(input_uri)
     if kind not in uris.MANIFEST_EXTENSIONS:
-        return _chunks(_list_prefix(input_uri, rejected)), True
+        return manifest_files.slices(_list_prefix(input_uri, rejected)), True
     file = stack.enter_context(_open_manifest_file(config, bounds))
-    if kind == "parquet":
-        return _read_parquet(file, input_uri), False
-    if kind == "csv":
-        return _chunks(_read_csv(file, input_uri)), False
-    return _read_text(file, input_uri, bounds.max_bytes), False
+    return manifest_files.read_entries(file, kind, input_uri, bounds.max_bytes, rejected.add), False
 
 
 @contextmanager
@@ -203,11 +205,6 @@ def _open_manifest_file(config: RunConfig, bounds: FileBounds) -> Iterator[Binar
             raise ManifestUnavailable(f"cannot read input manifest {shown}: {refused.reason}") from None
         hint = " (DETECTION_MAX_MANIFEST_BYTES)" if refused.code == "too_large" else ""
         raise ManifestError(f"cannot read input manifest {shown}: {refused.reason}{hint}") from None
-
-
-def _chunks(values: pa.Array) -> Iterator[pa.Array]:
-    for start in range(0, len(values), BATCH_ROWS):
-        yield values.slice(start, BATCH_ROWS)
 
 
 def _list_prefix(input_uri: str, rejected: _Rejected) -> pa.Array:
@@ -245,87 +242,6 @@ def _utf8_names(names: list[str], rejected: _Rejected) -> pa.Array:
     return pa.array(good, pa.string())
 
 
-def _uri_column(names: list[str], input_uri: str) -> str:
-    for name in URI_COLUMNS:
-        if name in names:
-            return name
-    raise ManifestError(
-        f"input manifest {uris.redact(input_uri)} has no {' or '.join(URI_COLUMNS)} column (columns: {names})"
-    )
-
-
-def _read_parquet(handle: BinaryIO, input_uri: str) -> Iterator[pa.Array]:
-    try:
-        file = pq.ParquetFile(handle)
-    except pa.ArrowInvalid as err:
-        raise ManifestError(
-            f"input manifest {uris.redact(input_uri)} is not readable Parquet: {err}"
-        ) from None
-    column = _uri_column(file.schema_arrow.names, input_uri)
-    kind = file.schema_arrow.field(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise ManifestError(
-            f"input manifest {uris.redact(input_uri)}: column {column!r} is {kind}, not string"
-        )
-    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=[column]):
-        yield batch.column(0)
-
-
-def _read_csv(handle: BinaryIO, input_uri: str) -> pa.Array:
-    """The URI column of a CSV: `image_uri` or `uri` by header, or the only column of a headerless file."""
-    if os.fstat(handle.fileno()).st_size == 0:
-        return pa.array([], pa.string())
-    try:
-        names = pacsv.open_csv(handle).schema.names
-        handle.seek(0)
-        if len(names) == 1 and names[0] not in URI_COLUMNS:
-            read, column = pacsv.ReadOptions(column_names=["raw"]), "raw"
-        else:
-            read, column = pacsv.ReadOptions(), _uri_column(names, input_uri)
-        table = pacsv.read_csv(
-            handle,
-            read_options=read,
-            convert_options=pacsv.ConvertOptions(
-                include_columns=[column], column_types={column: pa.string()}, strings_can_be_null=False
-            ),
-        )
-    except pa.ArrowInvalid as err:
-        raise ManifestError(f"input manifest {uris.redact(input_uri)} is not readable CSV: {err}") from None
-    return table.column(column).combine_chunks()
-
-
-def _read_text(handle: BinaryIO, input_uri: str, max_bytes: int) -> Iterator[pa.Array]:
-    """The lines of a UTF-8 text file, split column-wise (no Python loop over lines), TEXT_BLOCK_BYTES at a
-    time, so memory stays flat at any size up to the cap. A block ends after its last newline (a byte that
-    never occurs inside a multi-byte UTF-8 character); the rest starts the next block."""
-    rest = handle.read(3).removeprefix(b"\xef\xbb\xbf")
-    read = len(rest)
-    while block := handle.read(TEXT_BLOCK_BYTES):
-        read += len(block)
-        if read > max_bytes:  # a local file that grew after it was opened
-            raise ManifestError(
-                f"cannot read input manifest {uris.redact(input_uri)}: too_large: more than {max_bytes:,} "
-                "bytes (DETECTION_MAX_MANIFEST_BYTES)"
-            )
-        data = rest + block
-        end = data.rfind(b"\n") + 1
-        rest = data[end:]
-        if end:
-            yield _lines(data[:end], input_uri)
-    if rest:
-        yield _lines(rest, input_uri)
-
-
-def _lines(data: bytes, input_uri: str) -> pa.Array:
-    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
-    text = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
-    try:
-        text.validate(full=True)
-    except pa.ArrowInvalid:
-        raise ManifestError(f"input manifest {uris.redact(input_uri)} is not UTF-8 text") from None
-    return pc.split_pattern(text, "\n").flatten()
-
-
 # -- normalise, filter, load ---------------------------------------------------------------------
 
 
@@ -351,31 +267,20 @@ def _load(
 ) -> tuple[int, int]:
     """Table `candidates(image_uri)`: every usable image URI, canonical, repeats included.
 
-    Returns (listed, skipped_not_image). Unusable listed names are rejected (counted, left out); unusable
-    manifest file entries fail the build after all batches were seen, so the error can say how many there are.
+    Returns (listed, skipped_not_image). Unusable names and entries are rejected: counted, left out.
     """
     _query(con, "CREATE TEMP TABLE candidates (image_uri VARCHAR NOT NULL)")
-    listed = not_image = unusable = 0
-    examples: list[str] = []
+    listed = not_image = 0
     for raw in batches:
         values, bad, skipped = _candidates(raw, listing)
-        if listing and pc.any(bad).as_py():
+        if pc.any(bad).as_py():
             rejected.add(values.filter(bad).slice(0, _EXAMPLES).to_pylist(), pc.sum(bad).as_py())
             values = values.filter(pc.invert(bad))
-        elif pc.any(bad).as_py():
-            unusable += pc.sum(bad).as_py()
-            examples.extend(values.filter(bad).slice(0, _EXAMPLES).to_pylist())
         listed += len(values)
         not_image += skipped
         con.register("batch", pa.table({"image_uri": values}))
         _query(con, "INSERT INTO candidates SELECT image_uri FROM batch")
         con.unregister("batch")
-    if unusable:
-        shown = ", ".join(repr(e) for e in sorted(examples)[:_EXAMPLES])
-        raise ManifestError(
-            f"{unusable} input URI(s) are not usable (an absolute local path, gs:// or http(s) URL is needed; "
-            f"no '..' segments or control characters), e.g. {shown}"
-        )
     return listed, not_image
 
 

@@ -35,7 +35,7 @@ _COUNTS = (
     ("listed", "listed"),
     ("duplicates", "duplicates"),
     ("skipped (not an image)", "skipped_not_image"),
-    ("rejected (unusable names)", "rejected"),
+    ("rejected (unusable names or entries)", "rejected"),
     ("skipped (already processed)", "skipped_incremental"),
     ("processed", "processed"),
     ("ok", "ok"),
