@@ -59,8 +59,9 @@ class GroundTruthError(PermanentError, ValueError):
     """The annotation file cannot be read or is not COCO detection ground truth."""
 
 
-class EvaluationError(ValueError):
-    """The run's results cannot be scored against the ground truth (the message says why)."""
+class EvaluationError(PermanentError, ValueError):
+    """The run's results cannot be scored against the ground truth (the message says why); the files a
+    retry would read are the same, so it is permanent."""
 
 
 # -- what the run record gets --------------------------------------------------------------------
@@ -150,16 +151,16 @@ def validate_ground_truth(data: object) -> dict:
 
 
 def _checked_image(index: int, image: object) -> dict:
-    if not isinstance(image, dict) or not _is_int(image.get("id")):
-        raise GroundTruthError(f"images[{index}] needs an integer id")
+    if not isinstance(image, dict) or not _is_id(image.get("id")):
+        raise GroundTruthError(f"images[{index}] needs an integer id (0 to 2^63-1)")
     if not isinstance(image.get("file_name"), str) or not _path_parts(image["file_name"]):
         raise GroundTruthError(f"images[{index}] (id {image['id']}) needs a file_name")
     return dict(image)
 
 
 def _checked_category(index: int, category: object) -> dict:
-    if not isinstance(category, dict) or not _is_int(category.get("id")):
-        raise GroundTruthError(f"categories[{index}] needs an integer id")
+    if not isinstance(category, dict) or not _is_id(category.get("id")):
+        raise GroundTruthError(f"categories[{index}] needs an integer id (0 to 2^63-1)")
     if not isinstance(category.get("name"), str):
         raise GroundTruthError(f"categories[{index}] (id {category['id']}) needs a name")
     return dict(category)
@@ -169,9 +170,9 @@ def _checked_annotation(index: int, ann: object, image_ids: set[int], category_i
     where = f"annotations[{index}]"
     if not isinstance(ann, dict):
         raise GroundTruthError(f"{where} is not an object")
-    if ann.get("image_id") not in image_ids:
+    if not _is_id(ann.get("image_id")) or ann["image_id"] not in image_ids:
         raise GroundTruthError(f"{where} refers to image_id {ann.get('image_id')!r}, which is not in images")
-    if ann.get("category_id") not in category_ids:
+    if not _is_id(ann.get("category_id")) or ann["category_id"] not in category_ids:
         raise GroundTruthError(
             f"{where} refers to category_id {ann.get('category_id')!r}, which is not in categories"
         )
@@ -179,23 +180,34 @@ def _checked_annotation(index: int, ann: object, image_ids: set[int], category_i
     if (
         not isinstance(box, list)
         or len(box) != 4
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        or not all(_is_number(v) for v in box)
         or box[2] < 0
         or box[3] < 0
     ):
         raise GroundTruthError(
             f"{where} needs bbox [x, y, width, height] with width, height >= 0; got {box!r}"
         )
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1) or isinstance(crowd, float):
+        raise GroundTruthError(f"{where} needs iscrowd 0 or 1; got {crowd!r}")
+    area = ann.get("area")
+    if area is not None and not (_is_number(area) and area >= 0):
+        raise GroundTruthError(f"{where} needs a finite area >= 0 when it has one; got {area!r}")
     return {
         **ann,
         "id": index + 1,
-        "iscrowd": int(ann.get("iscrowd", 0)),
-        "area": float(ann["area"]) if isinstance(ann.get("area"), int | float) else float(box[2] * box[3]),
+        "iscrowd": int(crowd),
+        "area": float(box[2] * box[3] if area is None else area),
     }
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_id(value: object) -> bool:
+    """COCOeval keeps ids in int64 arrays; -1 is this module's 'no image'."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _require_unique(what: str, values: Sequence) -> None:
@@ -259,6 +271,20 @@ def match_images(gt: dict, image_uris: Iterable[str]) -> ImageMatch:
         missing=tuple(sorted({image["id"] for image in gt["images"]} - set(ids.values()))),
         ambiguous=tuple(ambiguous),
     )
+
+
+def matched_images(gt: dict, image_uris: Sequence[str]) -> ImageMatch:
+    """`match_images`, or EvaluationError when no URI matches an annotated image: a run that cannot be
+    scored at all (checked on the manifest too, before any shard starts)."""
+    match = match_images(gt, image_uris)
+    if not match.ids:
+        examples = ", ".join(repr(u) for u in image_uris[:2])
+        names = ", ".join(repr(i["file_name"]) for i in gt["images"][:2])
+        raise EvaluationError(
+            f"none of the run's {len(image_uris)} images matches a file_name of the ground truth "
+            f"(run: {examples}; ground truth: {names}); file_name must be the end of the image URI"
+        )
+    return match
 
 
 def _path_parts(path: str) -> tuple[str, ...]:
@@ -367,14 +393,7 @@ def evaluate_run(
         raise EvaluationError(
             f"results hold {len(uris) - len(set(uris))} repeated image URIs; one row per image is expected"
         )
-    match = match_images(gt, uris)
-    if not match.ids:
-        examples = ", ".join(repr(u) for u in uris[:2])
-        names = ", ".join(repr(i["file_name"]) for i in gt["images"][:2])
-        raise EvaluationError(
-            f"none of the run's {len(uris)} images matches a file_name of the ground truth "
-            f"(run: {examples}; ground truth: {names}); file_name must be the end of the image URI"
-        )
+    match = matched_images(gt, uris)
     categories = map_categories(gt)
     detections, unmapped = _coco_detections(table, match.ids, categories, score_threshold)
     image_ids = sorted(match.ids.values())

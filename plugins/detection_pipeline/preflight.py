@@ -9,7 +9,9 @@ once per run:
   --weights-sha256, so every shard loads the file that was checked, and the pipeline's weights id
   (catalog.weights_id: `uri@sha256:HEX`, the incremental skip's key) is the one the engine records;
 - a ground truth file: read and validated by evaluation.load_ground_truth (the evaluate step's own loader)
-  and summarised, so a file that is not COCO detection ground truth fails the run before any GPU time.
+  and summarised, so a file that is not COCO detection ground truth fails the run before any GPU time;
+  once the manifest is built, its file names must match some of the run's images (`ground_truth_matches`),
+  or the evaluate step could score nothing.
 
 A refusal of the file itself (missing, not a regular file, too large, a timeout, a checksum mismatch, not COCO)
 is a permanent ConfigError naming the field; a store that fails to serve it (HTTP 5xx, a reset connection) is
@@ -26,7 +28,7 @@ from detection_engine.catalog import STATE_DICT_MAX_BYTES, STATE_DICT_TIMEOUT_S,
 from detection_pipeline import uris
 from detection_pipeline.config import RunConfig
 from detection_pipeline.errors import ConfigError
-from detection_pipeline.evaluation import GroundTruthError, load_ground_truth
+from detection_pipeline.evaluation import EvaluationError, GroundTruthError, load_ground_truth, matched_images
 
 
 class PreflightUnavailable(RuntimeError):
@@ -98,3 +100,23 @@ def ground_truth_summary(config: RunConfig) -> dict | None:
         "annotations": len(gt["annotations"]),
         "categories": len(gt["categories"]),
     }
+
+
+def ground_truth_matches(config: RunConfig, manifest_uri: str) -> None:
+    """ConfigError when the ground truth's file names match none of the manifest's images (an empty
+    manifest has nothing to score and passes)."""
+    if config.ground_truth_uri is None:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem_for(manifest_uri)  # the run's own file, as plan_shards reads it
+    image_uris = (
+        pq.read_table(pa.BufferReader(fs.cat_file(path)), columns=["image_uri"]).column(0).to_pylist()
+    )
+    if not image_uris:
+        return
+    try:
+        matched_images(load_ground_truth(config.ground_truth_uri), image_uris)
+    except (GroundTruthError, EvaluationError) as error:
+        raise ConfigError(f"ground_truth_uri: {error}") from None

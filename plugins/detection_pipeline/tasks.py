@@ -82,8 +82,9 @@ def validate_config(deployment: dict) -> dict:
 @task(multiple_outputs=False)
 @at_the_boundary
 def build_manifest(run: dict) -> dict:
-    """List, normalise and deduplicate the inputs; write the run's manifest."""
-    from detection_pipeline import manifest
+    """List, normalise and deduplicate the inputs; write the run's manifest; check that a ground truth
+    names some of its images."""
+    from detection_pipeline import manifest, preflight
 
     config = _config(run)
     if config.shard_size == "auto":  # sized from the speed earlier runs recorded (shard_size.py)
@@ -108,6 +109,7 @@ def build_manifest(run: dict) -> dict:
         already_processed=already_processed,
         bounds=manifest.FileBounds.from_deployment(run["deployment"]),
     )
+    preflight.ground_truth_matches(config, stats.manifest_uri)  # before any GPU time, not at evaluate
     return dataclasses.asdict(stats)
 
 

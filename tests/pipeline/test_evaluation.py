@@ -9,6 +9,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from detection_engine import catalog, layout, schema
 from detection_pipeline import evaluation
@@ -287,6 +289,11 @@ def _break(change) -> dict:
         (_break(lambda d: d["annotations"][0].update(category_id=5)), "refers to category_id 5"),
         (_break(lambda d: d["annotations"][0].update(bbox=[0, 0, -1, 2])), "width, height >= 0"),
         (_break(lambda d: d["annotations"][0].update(bbox=[0, 0, 1])), r"needs bbox \[x, y, width, height\]"),
+        (_break(lambda d: d["annotations"][0].update(image_id=[7])), r"refers to image_id \[7\]"),
+        (_break(lambda d: d["annotations"][0].update(iscrowd="no")), "needs iscrowd 0 or 1"),
+        (_break(lambda d: d["annotations"][0].update(area=-1)), "needs a finite area >= 0"),
+        (_break(lambda d: d["images"][0].update(id=2**63)), r"images\[0\] needs an integer id"),
+        (_break(lambda d: d["categories"][0].update(id=-1)), r"categories\[0\] needs an integer id"),
     ],
 )
 def test_bad_annotation_files_are_refused_with_the_reason(tmp_path, data, message):
@@ -294,6 +301,77 @@ def test_bad_annotation_files_are_refused_with_the_reason(tmp_path, data, messag
     path.write_text(json.dumps(data))
     with pytest.raises(GroundTruthError, match=message):
         load_ground_truth(str(path))
+
+
+_odd = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),
+    st.text(max_size=4),
+    st.lists(st.integers(0, 3), max_size=3),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+
+
+def _or_odd(values):
+    return st.one_of(values, values, _odd)
+
+
+_number = _or_odd(st.one_of(st.integers(-5, 300), st.floats(-5, 300)))
+_any_gt = st.fixed_dictionaries(
+    {
+        "images": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "id": _or_odd(st.integers(0, 4)),
+                    "file_name": _or_odd(st.sampled_from(["val/1.jpg", "2.jpg", ""])),
+                }
+            ),
+            max_size=3,
+        ),
+        "annotations": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "image_id": _or_odd(st.integers(0, 4)),
+                    "category_id": _or_odd(st.sampled_from([PERSON, DOG, 99])),
+                    "bbox": _or_odd(st.lists(_number, min_size=3, max_size=5)),
+                },
+                optional={"iscrowd": _or_odd(st.sampled_from([0, 1])), "area": _number, "id": _odd},
+            ),
+            max_size=5,
+        ),
+        "categories": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "id": _or_odd(st.sampled_from([PERSON, DOG, 99])),
+                    "name": _or_odd(st.sampled_from(["person", "x"])),
+                }
+            ),
+            max_size=3,
+        ),
+    }
+)
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_any_gt)
+def test_a_ground_truth_that_validates_can_always_be_scored(data):
+    """Whatever a JSON file holds, validation says GroundTruthError or gives ground truth COCOeval scores
+    without raising: nothing that passes the check before the GPU work can fail the evaluate step after."""
+    data = json.loads(json.dumps(data))  # as a file gives it: NaN and inf survive, tuples do not
+    try:
+        gt = validate_ground_truth(data)
+    except GroundTruthError:
+        return
+    rows = [row("gs://b/val/1.jpg", [det(PERSON, BOX[1]), det(DOG, BOX[2], score=0.6)]), row("gs://b/2.jpg")]
+    try:
+        result = evaluate_run(rows, gt)
+    except EvaluationError as error:
+        assert "none of the run's 2 images matches" in str(error)
+    else:
+        assert result["eval_images"] >= 1
 
 
 def test_unreadable_annotation_files_are_refused(tmp_path):

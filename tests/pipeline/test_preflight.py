@@ -159,3 +159,27 @@ def test_a_missing_ground_truth_is_a_config_error(tmp_path):
     config = _config(tmp_path, ground_truth_uri=str(tmp_path / "nowhere.json"))
     with pytest.raises(ConfigError, match=r"^ground_truth_uri: .*does not exist"):
         preflight.checked(config)
+
+
+def _manifest(tmp_path: Path, image_uris: list[str]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"image_uri": pa.array(image_uris, pa.string())}), path)
+    return str(path)
+
+
+def test_a_ground_truth_must_name_some_of_the_manifest_s_images(tmp_path):
+    gt = {"images": [{"id": 1, "file_name": "val/1.jpg"}], "annotations": [], "categories": []}
+    config = _config(tmp_path, ground_truth_uri=_ground_truth(tmp_path, gt))
+
+    preflight.ground_truth_matches(config, _manifest(tmp_path, ["gs://b/val/1.jpg", "gs://b/val/2.jpg"]))
+    preflight.ground_truth_matches(config, _manifest(tmp_path, []))  # nothing to score, nothing to check
+    preflight.ground_truth_matches(
+        _config(tmp_path), _manifest(tmp_path, ["gs://b/x.jpg"])
+    )  # no ground truth
+    with pytest.raises(
+        ConfigError, match=r"^ground_truth_uri: none of the run's 2 images matches a file_name"
+    ):
+        preflight.ground_truth_matches(config, _manifest(tmp_path, ["gs://b/a.jpg", "gs://b/b.jpg"]))

@@ -103,3 +103,27 @@ def test_a_state_dict_run_is_keyed_by_its_sha256_and_an_incremental_run_skips_wh
         (first.run_id, weights_id, digest, 3, 0),
         (again.run_id, weights_id, digest, 0, 3),
     ], "the second run found the first one's results under the same key"
+
+
+def test_a_ground_truth_naming_none_of_the_images_fails_the_manifest_step_before_any_shard(
+    own_dag, tmp_path, capfd
+):
+    _images(tmp_path / "images", 2)
+    gt = {
+        "images": [{"id": 1, "file_name": "other-0.png"}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "person"}],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(gt))
+    conf = runs.tiny_conf(
+        tmp_path, str(tmp_path / "images"), ground_truth_uri=str(tmp_path / "instances.json")
+    )
+
+    run = runs.run_dag(own_dag, conf, DAY - dt.timedelta(days=30))
+
+    assert runs.state(run) == "failed"
+    tasks = runs.task_instances(own_dag.dag_id, run.run_id)
+    assert tasks.pop(("validate_config", -1))[0] == tasks.pop(("wait_for_input", -1))[0] == "success"
+    assert tasks.pop(("build_manifest", -1)) == ("failed", 1), "failed at once, without retries"
+    assert {state for state, _ in tasks.values()} <= {"upstream_failed", None}, "no shard ran"
+    assert "none of the run's 2 images matches a file_name" in capfd.readouterr().out
