@@ -6,8 +6,9 @@ through here, so that no input can block a thread forever or fill memory:
 - local paths are `stat`ed first (following symlinks; a loop is refused) and only regular files are opened,
   with O_NONBLOCK so a FIFO swapped in between the check and the open cannot block either; `/dev/zero`, FIFOs,
   sockets and devices are `not_a_regular_file`;
-- at most `max_bytes` are read: a known size over the cap is refused before reading, and a stream that does
-  not say its size is cut off at the first chunk past the cap (`too_large`);
+- at most `max_bytes` are read: a known size over the cap is refused before reading, a stream that does
+  not say its size is cut off at the first chunk past the cap, and a gs:// object is one ranged GET of one
+  byte past the cap (`too_large`);
 - http(s) and gs:// get connect / socket-read / total timeouts (aiohttp `ClientTimeout`, which gcsfs also
   takes), and the whole read has a deadline `timeout_s`, checked between chunks (`timeout`).
 
@@ -175,8 +176,10 @@ def iter_bounded(
         yield from _iter_local(path, budget)
     elif any(p in _HTTP_PROTOCOLS for p in protocols):
         yield from _iter_http(fs, path, budget)
+    elif any(p in _GCS_PROTOCOLS for p in protocols):
+        yield from _iter_gcs(fs, path, budget)
     else:
-        yield from _iter_fs(fs, path, budget, protocols)
+        yield from _iter_fs(fs, path, budget)
 
 
 class _Budget:
@@ -314,10 +317,36 @@ def _iter_http(fs, url: str, budget: _Budget) -> Iterator[bytes]:
         fs.loop.call_soon_threadsafe(response.close)
 
 
-def _iter_fs(fs: AbstractFileSystem, path: str, budget: _Budget, protocols: tuple) -> Iterator[bytes]:
-    """Any other fsspec filesystem (gs://, memory://, ...): its size first, then chunked reads."""
-    if any(p in _GCS_PROTOCOLS for p in protocols) and "/" not in path.strip("/"):
+def _iter_gcs(fs: AbstractFileSystem, path: str, budget: _Budget) -> Iterator[bytes]:
+    """One ranged GET of at most `max_bytes` + 1 bytes (one past the cap proves it is over).
+
+    gcsfs's `open` first asks for the object's metadata and lists its prefix, in parallel: two more round
+    trips before the first byte, for every image, one of them a list call (a class A operation, priced over ten
+    times a read). A prefix or a missing object answers 404; only then is it listed, to tell them apart."""
+    if "/" not in path.strip("/"):
         raise ReadRefused("is_directory", "a bucket, not an object")  # gcsfs would ask for it anyway
+    try:
+        data = _remote_call(lambda: _ranged_get(fs, path, budget.max_bytes + 1), budget)
+    except ReadRefused as refused:
+        if refused.code == "not_found" and _is_directory(fs, path):
+            raise ReadRefused("is_directory", "a directory or prefix, not a file") from None
+        raise
+    budget.remaining_s()
+    if data:
+        yield budget.take(data)
+
+
+def _ranged_get(fs: AbstractFileSystem, path: str, end: int) -> bytes:
+    try:
+        return fs.cat_file(path, start=0, end=end)
+    except Exception as exc:
+        if getattr(exc, "code", None) == 416:  # GCS answers a range on a 0-byte object so (RFC 9110)
+            return b""
+        raise
+
+
+def _iter_fs(fs: AbstractFileSystem, path: str, budget: _Budget) -> Iterator[bytes]:
+    """Any other fsspec filesystem (memory://, ...): its size first, then chunked reads."""
     handle = _remote_call(lambda: _open_remote(fs, path), budget)
     try:
         budget.check_size(getattr(handle, "size", None))

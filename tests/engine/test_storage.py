@@ -74,6 +74,59 @@ def test_gcs_writes_are_one_upload_and_copies_come_back(gcs_emulator, gcs_bucket
         pass
 
 
+@pytest.fixture
+def gcs_requests(monkeypatch) -> list[tuple[str, str]]:
+    """Every HTTP request gcsfs sends from now on, as (method, URL path)."""
+    import aiohttp
+
+    sent: list[tuple[str, str]] = []
+    request = aiohttp.ClientSession._request
+
+    async def recording(self, method, url, *args, **kwargs):
+        sent.append((method, str(url).split("?")[0]))
+        return await request(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", recording)
+    return sent
+
+
+def test_a_gcs_object_is_read_with_one_request_and_refused_with_fetch_codes(
+    gcs_emulator, gcs_bucket, gcs_requests
+):
+    photo = os.urandom(3 << 20)
+    gcs_emulator.put(f"{gcs_bucket}/in/photo.jpg", photo)
+    gcs_emulator.put(f"{gcs_bucket}/in/empty.jpg", b"")
+    gcs_emulator.put(f"{gcs_bucket}/in/folder/a.jpg", b"x")
+    limits = ReadLimits(max_bytes=4 << 20)
+    gcs_requests.clear()
+
+    assert storage.read_bytes(f"{gcs_bucket}/in/photo.jpg", limits) == photo
+    assert [method for method, _ in gcs_requests] == ["GET"]  # no metadata GET, no list call
+    assert b"".join(storage.iter_bytes(f"{gcs_bucket}/in/photo.jpg", limits)) == photo
+    for name, code in (
+        ("empty.jpg", "empty_file"),
+        ("gone.jpg", "not_found"),
+        ("folder", "is_directory"),
+    ):
+        with pytest.raises(ReadRefused) as refused:
+            storage.read_bytes(f"{gcs_bucket}/in/{name}", limits)
+        assert refused.value.code == code, name
+    with pytest.raises(ReadRefused) as refused:
+        storage.read_bytes(f"{gcs_bucket}/in/photo.jpg", ReadLimits(max_bytes=1 << 20))
+    assert refused.value.code == "too_large"
+
+
+def test_a_range_on_an_empty_gcs_object_is_an_empty_read_not_an_error():
+    """Real GCS answers 416 to a ranged GET of a 0-byte object (the emulator answers 200 with nothing)."""
+    from gcsfs.retry import HttpError
+
+    class Unsatisfiable:
+        def cat_file(self, path, start=None, end=None):
+            raise HttpError({"code": 416, "message": "The requested range cannot be satisfied."})
+
+    assert bounded_read._ranged_get(Unsatisfiable(), "b/empty.jpg", 1 << 20) == b""
+
+
 def test_gcs_write_atomic_and_glob(gcs_emulator, gcs_bucket):
     storage.write_atomic(f"{gcs_bucket}/p/b.json", b"{}")
     storage.write_atomic(f"{gcs_bucket}/p/a.json", b"[]")
