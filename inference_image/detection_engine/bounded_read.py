@@ -7,8 +7,8 @@ through here, so that no input can block a thread forever or fill memory:
   with O_NONBLOCK so a FIFO swapped in between the check and the open cannot block either; `/dev/zero`, FIFOs,
   sockets and devices are `not_a_regular_file`;
 - at most `max_bytes` are read: a known size over the cap is refused before reading, a stream that does
-  not say its size is cut off at the first chunk past the cap, and a gs:// object is one ranged GET of one
-  byte past the cap (`too_large`);
+  not say its size is cut off at the first chunk past the cap, and a gs:// object is read in ranged GETs
+  of up to 64 MiB, one byte past the cap at most (`too_large`);
 - http(s) and gs:// get connect / socket-read / total timeouts (aiohttp `ClientTimeout`, which gcsfs also
   takes), and the whole read has a deadline `timeout_s`, checked between chunks (`timeout`).
 
@@ -49,6 +49,7 @@ DEFAULT_READ_TIMEOUT_S = 30.0
 DEFAULT_TIMEOUT_S = 120.0
 
 CHUNK = 1 << 20
+GCS_GET_BYTES = 64 << 20  # one ranged GET reads this much at most: a whole image at the default cap
 _LOCAL_PROTOCOLS = ("file", "local")
 _HTTP_PROTOCOLS = ("http", "https")
 _GCS_PROTOCOLS = ("gs", "gcs")
@@ -318,29 +319,35 @@ def _iter_http(fs, url: str, budget: _Budget) -> Iterator[bytes]:
 
 
 def _iter_gcs(fs: AbstractFileSystem, path: str, budget: _Budget) -> Iterator[bytes]:
-    """One ranged GET of at most `max_bytes` + 1 bytes (one past the cap proves it is over).
+    """Ranged GETs of up to GCS_GET_BYTES, so an image is one request (one byte past the cap proves it is over).
 
     gcsfs's `open` first asks for the object's metadata and lists its prefix, in parallel: two more round
     trips before the first byte, for every image, one of them a list call (a class A operation, priced over ten
-    times a read). A prefix or a missing object answers 404; only then is it listed, to tell them apart."""
+    times a read). A prefix or a missing object answers 404; only then is it listed, to tell them apart.
+    Larger files (manifests) come GCS_GET_BYTES at a time, so memory stays bounded whatever the cap."""
     if "/" not in path.strip("/"):
         raise ReadRefused("is_directory", "a bucket, not an object")  # gcsfs would ask for it anyway
-    try:
-        data = _remote_call(lambda: _ranged_get(fs, path, budget.max_bytes + 1), budget)
-    except ReadRefused as refused:
-        if refused.code == "not_found" and _is_directory(fs, path):
-            raise ReadRefused("is_directory", "a directory or prefix, not a file") from None
-        raise
-    budget.remaining_s()
-    if data:
-        yield budget.take(data)
+    while True:
+        start = budget.read
+        want = min(GCS_GET_BYTES, budget.max_bytes + 1 - start)
+        try:
+            data = _remote_call(lambda start=start, want=want: _ranged_get(fs, path, start, want), budget)
+        except ReadRefused as refused:
+            if start == 0 and refused.code == "not_found" and _is_directory(fs, path):
+                raise ReadRefused("is_directory", "a directory or prefix, not a file") from None
+            raise
+        if data:
+            yield budget.take(data)
+        budget.remaining_s()
+        if len(data) < want:
+            return
 
 
-def _ranged_get(fs: AbstractFileSystem, path: str, end: int) -> bytes:
+def _ranged_get(fs: AbstractFileSystem, path: str, start: int, length: int) -> bytes:
     try:
-        return fs.cat_file(path, start=0, end=end)
+        return fs.cat_file(path, start=start, end=start + length)
     except Exception as exc:
-        if getattr(exc, "code", None) == 416:  # GCS answers a range on a 0-byte object so (RFC 9110)
+        if getattr(exc, "code", None) == 416:  # a range at or past the end (all of a 0-byte object): RFC 9110
             return b""
         raise
 

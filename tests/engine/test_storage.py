@@ -124,7 +124,21 @@ def test_a_range_on_an_empty_gcs_object_is_an_empty_read_not_an_error():
         def cat_file(self, path, start=None, end=None):
             raise HttpError({"code": 416, "message": "The requested range cannot be satisfied."})
 
-    assert bounded_read._ranged_get(Unsatisfiable(), "b/empty.jpg", 1 << 20) == b""
+    assert bounded_read._ranged_get(Unsatisfiable(), "b/empty.jpg", 0, 1 << 20) == b""
+
+
+def test_a_large_gcs_object_comes_in_bounded_ranges(gcs_emulator, gcs_bucket, gcs_requests, monkeypatch):
+    monkeypatch.setattr(bounded_read, "GCS_GET_BYTES", 1 << 20)
+    data = os.urandom((2 << 20) + 5)
+    gcs_emulator.put(f"{gcs_bucket}/list.txt", data)
+    exact = os.urandom(1 << 20)  # a last range that starts at the end
+    gcs_emulator.put(f"{gcs_bucket}/exact.txt", exact)
+    gcs_requests.clear()
+
+    chunks = list(storage.iter_bytes(f"{gcs_bucket}/list.txt", ReadLimits(max_bytes=8 << 20)))
+
+    assert b"".join(chunks) == data and max(map(len, chunks)) == 1 << 20 and len(gcs_requests) == 3
+    assert storage.read_bytes(f"{gcs_bucket}/exact.txt", ReadLimits(max_bytes=8 << 20)) == exact
 
 
 def test_gcs_write_atomic_and_glob(gcs_emulator, gcs_bucket):
