@@ -155,6 +155,14 @@ def test_random_weights_are_flagged(mixed_run):
     assert "random weights" in html
 
 
+def test_rejected_inputs_are_flagged_with_their_examples_escaped(mixed_run):
+    prefix, record = mixed_run
+    examples = json.dumps(["'relative/a.jpg'", f"'/in/{EVIL}.jpg'"])
+    html = _read(build_run_report(prefix, {**record, "rejected": 12, "rejected_examples": examples}))
+    assert "12 input names or entries could not be used and were left out" in html
+    assert "&#x27;relative/a.jpg&#x27;" in html and EVIL not in html
+
+
 def test_a_missing_metrics_file_is_reported(mixed_run):
     prefix, record = mixed_run
     Path(layout.shard_metrics_uri(prefix, 1)).unlink()

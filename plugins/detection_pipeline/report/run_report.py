@@ -136,6 +136,16 @@ def _summary_banners(data: RunData, record: dict) -> list[str]:
         parts.append(banner(f"All {data.images:,} images processed.", "good"))
     if record.get("random_weights"):
         parts.append(banner("This run used random weights: its detections are meaningless.", "warn"))
+    if record.get("rejected"):
+        examples = json.loads(record.get("rejected_examples") or "[]")
+        parts.append(
+            banner(
+                f"{record['rejected']:,} input names or entries could not be used and were left out (not a "
+                "usable URI, not UTF-8, or a malformed CSV row)"
+                + (f", e.g. {', '.join(examples)}." if examples else "."),
+                "warn",
+            )
+        )
     if record.get("processed") is not None and record.get("processed") != data.images:
         parts.append(
             banner(
