@@ -11,11 +11,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection_pipeline.uris import CONTROL_CHARACTERS, HTTP_URL, IMAGE_EXTENSIONS, PARENT_SEGMENT, WHITESPACE
+from detection_pipeline.uris import (
+    CONTROL_CHARACTERS,
+    HTTP_URL,
+    IMAGE_EXTENSIONS,
+    PARENT_SEGMENT,
+    SCHEME,
+    WHITESPACE,
+)
 
 # One pass of this regex picks every row that `normalize` may change or that may be unusable for a reason
-# other than its scheme: runs of '/', '.' segments (so '..' ones too), file://, control characters.
-_SUSPICIOUS = r"(^|[^:])//|/\.|^file:|[\x00-\x1f\x7f]"
+# other than its scheme: runs of '/', '.' segments (so '..' ones too), file://, control characters, a scheme
+# (`SCHEME`) with an upper-case letter.
+_SUSPICIOUS = r"(^|[^:])//|/\.|^file:|[\x00-\x1f\x7f]|^(?:[A-Z]|[a-z][a-z0-9+.-]*[A-Z])[A-Za-z0-9+.-]*:"
+_SCHEME_AND_REST = rf"^(?P<scheme>(?:{SCHEME}:)?)(?P<rest>(?s:.*))"
 _IMAGE = r"\.(" + "|".join(IMAGE_EXTENSIONS) + ")$"
 _QUERY = r"([?#][^/]*)?$"  # a URL's query or fragment, which is not part of the name
 _ANY_EXTENSION = r"\.[^./?#]{1,16}" + _QUERY
@@ -78,13 +87,16 @@ def _unusable_inside(canonical: pa.Array) -> pa.BooleanArray:
 
 
 def _rewrite(values: pa.Array) -> pa.Array:
+    parts = pc.extract_regex(values, _SCHEME_AND_REST)
+    nothing = pa.scalar("", values.type)
+    values = pc.binary_join_element_wise(pc.ascii_lower(parts.field("scheme")), parts.field("rest"), nothing)
     local = pc.replace_substring_regex(values, r"^file://(localhost)?/", "/", max_replacements=1)
     is_gs = pc.starts_with(local, "gs://")
     path = pc.if_else(is_gs, pc.utf8_slice_codeunits(local, 5), local)
     path = pc.replace_substring_regex(path, r"/+", "/")
     path = pc.replace_substring_regex(path, r"/(\./)+", "/")
     path = pc.replace_substring_regex(path, r"/\.$", "")
-    scheme, nothing = pa.scalar("gs://", path.type), pa.scalar("", path.type)
+    scheme = pa.scalar("gs://", path.type)
     canonical = pc.if_else(is_gs, pc.binary_join_element_wise(scheme, path, nothing), path)
     return pc.if_else(pc.match_substring_regex(values, HTTP_URL), values, canonical)
 

@@ -11,6 +11,8 @@ rules to whole Arrow columns for the manifest.
 Canonical storage URIs (`normalize`):
 
 - surrounding whitespace stripped (`WHITESPACE`); unicode and inner spaces kept, nothing percent-decoded;
+- the scheme lower-cased, as schemes are case-insensitive (RFC 3986): `GS://b/x` is `gs://b/x`, `HTTP://Host/A`
+  is `http://Host/A` (hosts and paths are kept as written);
 - `file:///a/b` and `file://localhost/a/b` become the local path `/a/b`;
 - runs of `/` collapse and `.` segments vanish in local paths and gs:// keys (`gs://b//x/./y` -> `gs://b/x/y`);
 - http(s) URLs are left as they are (their paths and queries are the server's business).
@@ -35,10 +37,11 @@ GCS_BUCKET = r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 PARENT_SEGMENT = re.compile(r"(^|/)\.\.(/|$)")
 _GCS = re.compile(rf"^gs://({GCS_BUCKET})(/.*)?$", re.DOTALL)
+SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*"  # RFC 3986; `normalize` lower-cases it
+_SCHEME = re.compile(f"^({SCHEME}):")
 HTTP_URL = r"^(?i:https?)://[^/?#\s]+"  # RE2-compatible too: uri_columns uses it in Arrow kernels
 _HTTP = re.compile(HTTP_URL)
 _FILE_SCHEME = re.compile(r"^file://(localhost)?/")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 # Container image reference (docker/distribution grammar): [host[:port]/]path[:tag][@algorithm:digest].
 _HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -94,6 +97,8 @@ class URIError(ValueError):
 def normalize(uri: str) -> str:
     """The canonical spelling of a storage URI (rules in the module docstring); checks nothing."""
     uri = uri.strip(WHITESPACE)
+    if scheme := _SCHEME.match(uri):
+        uri = scheme[1].lower() + uri[scheme.end(1) :]
     if _HTTP.match(uri):
         return uri
     uri = _FILE_SCHEME.sub("/", uri, count=1)
