@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 WHITESPACE = " \t\r\n\x0b\x0c"
+# WHITESPACE and the control characters as the inside of a character class that Python's re and RE2 (Arrow
+# kernels) read alike; their `\s` differ.
+_SPACE = "".join(f"\\x{ord(c):02x}" for c in WHITESPACE)
+_CONTROL = r"\x00-\x1f\x7f"
 
 # Image files by extension. HEIC/HEIF/AVIF are images the engine does not decode: they are listed all the same,
 # so each gets an `unsupported` error row instead of vanishing into skipped_not_image.
@@ -34,12 +38,12 @@ STATE_DICT_EXTENSIONS = ("pt", "pth", "bin", "ckpt")
 
 # GCS bucket names: 3-222 characters of lowercase letters, digits, '-', '_' and '.', alphanumeric at both ends.
 GCS_BUCKET = r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(f"[{_CONTROL}]")
 PARENT_SEGMENT = re.compile(r"(^|/)\.\.(/|$)")
 _GCS = re.compile(rf"^gs://({GCS_BUCKET})(/.*)?$", re.DOTALL)
 SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*"  # RFC 3986; `normalize` lower-cases it
 _SCHEME = re.compile(f"^({SCHEME}):")
-HTTP_URL = r"^(?i:https?)://[^/?#\s]+"  # RE2-compatible too: uri_columns uses it in Arrow kernels
+HTTP_URL = rf"^(?i:https?)://[^/?#{_SPACE}]+"  # RE2-compatible too: uri_columns uses it in Arrow kernels
 _HTTP = re.compile(HTTP_URL)
 _FILE_SCHEME = re.compile(r"^file://(localhost)?/")
 
