@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 WHITESPACE = " \t\r\n\x0b\x0c"
-# WHITESPACE and the control characters as the inside of a character class that Python's re and RE2 (Arrow
-# kernels) read alike; their `\s` differ.
+# WHITESPACE and the control characters as the inside of a character class that Python's re, RE2 (Arrow
+# kernels) and ECMA-262 (JSON-schema patterns) all read alike; their `\s` differ.
 _SPACE = "".join(f"\\x{ord(c):02x}" for c in WHITESPACE)
 _CONTROL = r"\x00-\x1f\x7f"
 
@@ -145,6 +145,25 @@ def check_storage_uri(uri: str, *, http: bool = False, placeholders: bool = Fals
     if PARENT_SEGMENT.search(canonical):
         raise URIError(f"{uri!r} contains a '..' segment")
     return canonical
+
+
+def storage_uri_pattern(*, http: bool = False, extensions: tuple[str, ...] = ()) -> str:
+    """A JSON-schema pattern matching every URI `check_storage_uri(..., http=http)` accepts, for the Param form.
+
+    Looser than the check (no '..', bucket or placeholder rules), never stricter: a form that refuses what the
+    run accepts is a bug. So it allows surrounding `WHITESPACE` and schemes in any case (spelled `[gG][sS]`:
+    ECMA-262 has no inline flags), and refuses control characters inside. With `extensions`, the URI must end
+    in one of them in any case, as `extension` reads it, or in what `normalize` removes after it ('/.').
+    """
+
+    def any_case(word: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+    schemes = ["/", any_case("file") + "://(?:localhost)?/", any_case("gs") + "://"]
+    if http:
+        schemes.append(any_case("https") + "?://")
+    end = r"\.(?:" + "|".join(map(any_case, extensions)) + r")(?:/+\.)*" if extensions else ""
+    return f"^[{_SPACE}]*(?:{'|'.join(schemes)})[^{_CONTROL}]*{end}[{_SPACE}]*$"
 
 
 def as_prefix(uri: str) -> str:
