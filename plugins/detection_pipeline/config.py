@@ -44,9 +44,7 @@ SIZE_RANGE = (16, 4096)  # min_size / max_size, pixels
 # model's enum has is checked by catalog.canonical_weights, which also gives the one spelling.
 WEIGHTS_ENUM_MEMBER = r"^[A-Za-z][A-Za-z0-9_]*$"
 
-_NO_CONTROL = r"[^\u0000-\u001f\u007f]*"
-_STATE_DICT = r"\.(?:" + "|".join(uris.STATE_DICT_EXTENSIONS) + ")"
-_LOCAL_OR_GCS = r"(?:/|file:///|file://localhost/|gs://)"
+_LOCAL_OR_GCS = uris.storage_uri_pattern()
 
 
 # JSON Schema's bounds cannot refuse NaN (every comparison with it is false), and Python's json reads NaN, so a
@@ -77,14 +75,14 @@ class RunConfig:
             "type": "string",
             "minLength": 1,
             "maxLength": 4096,
-            "pattern": rf"^(?:{_LOCAL_OR_GCS}|https?://){_NO_CONTROL}$",
+            "pattern": uris.storage_uri_pattern(http=True),
         },
         hint="an absolute local path, file://, gs:// or http(s):// URI",
     )
     output_uri: str = _field(
         "Where runs write their files: {output_uri}/{run_id}/manifest.parquet, shards/, results/, metrics/. "
         "A gs:// or absolute local prefix, not inside input_uri.",
-        {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": rf"^{_LOCAL_OR_GCS}{_NO_CONTROL}$"},
+        {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": _LOCAL_OR_GCS},
         hint="an absolute local path, file:// or gs:// URI",
     )
     warehouse: str = _field(
@@ -105,7 +103,7 @@ class RunConfig:
         {
             "type": "string",
             "maxLength": 4096,
-            "pattern": rf"^(?:[A-Za-z][A-Za-z0-9_]*|{_LOCAL_OR_GCS}{_NO_CONTROL}{_STATE_DICT})$",
+            "pattern": f"{WEIGHTS_ENUM_MEMBER}|{uris.storage_uri_pattern(extensions=uris.STATE_DICT_EXTENSIONS)}",
         },
         default="DEFAULT",
         hint=f"a weights enum member like DEFAULT or COCO_V1, a state dict path or gs:// URI, or '{RANDOM_WEIGHTS}'",
@@ -193,7 +191,7 @@ class RunConfig:
     ground_truth_uri: str | None = _field(
         "COCO annotation JSON (images, annotations, categories) whose file_names match the ends of the input "
         "URIs; when set, the evaluate step adds COCO box mAP to the run record and report.",
-        {"type": ["null", "string"], "maxLength": 4096, "pattern": rf"^{_LOCAL_OR_GCS}{_NO_CONTROL}$"},
+        {"type": ["null", "string"], "maxLength": 4096, "pattern": _LOCAL_OR_GCS},
         default=None,
         hint="an absolute local path, file:// or gs:// URI",
     )
@@ -405,7 +403,7 @@ def _input_uri(value: str) -> str:
             f"{value!r} has date placeholders; build the config with from_params(..., logical_date)"
         )
     canonical = uris.check_storage_uri(value, http=True)
-    if canonical.lower().startswith(("http://", "https://")) and not _is_manifest_file(canonical):
+    if canonical.startswith(("http://", "https://")) and not _is_manifest_file(canonical):
         raise uris.URIError(
             f"{value!r}: an http(s) input must be a manifest file (.{', .'.join(uris.MANIFEST_EXTENSIONS)}); "
             "only local and gs:// prefixes can be listed"
@@ -432,6 +430,7 @@ def _weights(value: str) -> str:
 _MEANING = {
     "input_uri": _input_uri,
     "output_uri": _output_uri,
+    "ground_truth_uri": uris.check_storage_uri,
     "warehouse": uris.check_warehouse,
     "weights": _weights,
     "weights_sha256": str.lower,

@@ -11,11 +11,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection_pipeline.uris import CONTROL_CHARACTERS, HTTP_URL, IMAGE_EXTENSIONS, PARENT_SEGMENT, WHITESPACE
+from detection_pipeline.uris import (
+    CONTROL_CHARACTERS,
+    HTTP_URL,
+    IMAGE_EXTENSIONS,
+    PARENT_SEGMENT,
+    SCHEME,
+    WHITESPACE,
+)
 
-# One pass of this regex picks every row that `normalize` may change or that may be unusable for a reason
-# other than its scheme: runs of '/', '.' segments (so '..' ones too), file://, control characters.
-_SUSPICIOUS = r"(^|[^:])//|/\.|^file:|[\x00-\x1f\x7f]"
+# One pass of this regex picks the rows that `normalize` may change or that may be unusable for a reason other
+# than their scheme: runs of '/' (but the '//' of gs:// and http(s)://, which stays, see `_canonical`), '.'
+# segments (so '..' ones too), file://, control characters, a scheme (`SCHEME`) with an upper-case letter.
+_SUSPICIOUS = (
+    r"(^|[^:])//|^(?:gs|https?):(?s:.*)://|/\.|^file:"
+    rf"|{CONTROL_CHARACTERS.pattern}|^(?:[A-Z]|[a-z][a-z0-9+.-]*[A-Z])[A-Za-z0-9+.-]*:"
+)
+_SCHEME_AND_REST = rf"^(?P<scheme>(?:{SCHEME}:)?)(?P<rest>(?s:.*))"
 _IMAGE = r"\.(" + "|".join(IMAGE_EXTENSIONS) + ")$"
 _QUERY = r"([?#][^/]*)?$"  # a URL's query or fragment, which is not part of the name
 _ANY_EXTENSION = r"\.[^./?#]{1,16}" + _QUERY
@@ -26,8 +38,8 @@ def canonicalize(values: pa.Array) -> tuple[pa.Array, pa.BooleanArray]:
     """`normalize` applied to a column of strings without nulls, and which of the results are unusable.
 
     Unusable: what `check_storage_uri(..., http=True)` refuses for an object: another scheme, a relative
-    path, gs:// without a bucket, a '..' segment, a control character. (Finer rules of bucket names are left
-    to the store: a bad one becomes that image's not_found error row.)
+    path, gs:// without a bucket, a '..' segment (outside http(s) URLs), a control character. (Finer rules of
+    bucket names are left to the store: a bad one becomes that image's not_found error row.)
     """
     trimmed = pc.ascii_trim(values, WHITESPACE) if _has_edge_whitespace(values) else values
     return _canonical(trimmed)
@@ -46,17 +58,21 @@ def unusable_listed(values: pa.Array) -> pa.BooleanArray:
 
 
 def _canonical(trimmed: pa.Array) -> tuple[pa.Array, pa.BooleanArray]:
-    suspicious = pc.match_substring_regex(trimmed, _SUSPICIOUS)
-    canonical, unusable = trimmed, pc.invert(_local_or_gcs(trimmed))
-    if pc.any(suspicious).as_py():
-        rewritten = _rewrite(trimmed.filter(suspicious))
-        canonical = pc.replace_with_mask(trimmed, suspicious, rewritten)
-        unusable = pc.replace_with_mask(
-            pc.invert(_local_or_gcs(canonical)), suspicious, _unusable_inside(rewritten)
-        )
-    if pc.any(unusable).as_py():  # http(s) URLs are fine as they are
-        unusable = pc.and_(unusable, pc.invert(pc.match_substring_regex(canonical, HTTP_URL)))
-    return canonical, unusable
+    http = pc.match_substring_regex(trimmed, HTTP_URL)  # the same rows before and after `_rewrite`
+    # `normalize` collapses every run of '/' but the one after gs: or an http(s) URL's scheme: a '://' in any
+    # other row is suspicious.
+    kept = pc.or_(pc.starts_with(trimmed, "gs://"), http)
+    suspicious = pc.or_(
+        pc.match_substring_regex(trimmed, _SUSPICIOUS),
+        pc.and_(pc.match_substring(trimmed, "://"), pc.invert(kept)),
+    )
+    if not pc.any(suspicious).as_py():
+        return trimmed, pc.invert(pc.or_(_local_or_gcs(trimmed), http))
+    rewritten = _rewrite(trimmed.filter(suspicious), http.filter(suspicious))
+    canonical = pc.replace_with_mask(trimmed, suspicious, rewritten)
+    unusable = pc.invert(pc.or_(_local_or_gcs(canonical), http))
+    inside = pc.or_(unusable.filter(suspicious), _refused_inside(rewritten))
+    return canonical, pc.replace_with_mask(unusable, suspicious, inside)
 
 
 def normalize_array(values: pa.Array) -> pa.Array:
@@ -69,24 +85,25 @@ def _local_or_gcs(values: pa.Array) -> pa.BooleanArray:
     return pc.or_(pc.starts_with(values, "/"), gcs)
 
 
-def _unusable_inside(canonical: pa.Array) -> pa.BooleanArray:
-    """For the suspicious rows: not local or gs://, or holding a '..' segment or a control character."""
-    local_or_gcs = _local_or_gcs(canonical)
-    parent = pc.and_(local_or_gcs, pc.match_substring_regex(canonical, PARENT_SEGMENT.pattern))
-    control = pc.match_substring_regex(canonical, CONTROL_CHARACTERS.pattern)
-    return pc.or_(pc.or_(pc.invert(local_or_gcs), parent), control)
+def _refused_inside(canonical: pa.Array) -> pa.BooleanArray:
+    """For the suspicious rows: a control character (in any URI), or a '..' segment in a local or gs:// one."""
+    parent = pc.and_(_local_or_gcs(canonical), pc.match_substring_regex(canonical, PARENT_SEGMENT.pattern))
+    return pc.or_(parent, pc.match_substring_regex(canonical, CONTROL_CHARACTERS.pattern))
 
 
-def _rewrite(values: pa.Array) -> pa.Array:
+def _rewrite(values: pa.Array, http: pa.BooleanArray) -> pa.Array:
+    parts = pc.extract_regex(values, _SCHEME_AND_REST)
+    nothing = pa.scalar("", values.type)
+    values = pc.binary_join_element_wise(pc.ascii_lower(parts.field("scheme")), parts.field("rest"), nothing)
     local = pc.replace_substring_regex(values, r"^file://(localhost)?/", "/", max_replacements=1)
     is_gs = pc.starts_with(local, "gs://")
     path = pc.if_else(is_gs, pc.utf8_slice_codeunits(local, 5), local)
     path = pc.replace_substring_regex(path, r"/+", "/")
     path = pc.replace_substring_regex(path, r"/(\./)+", "/")
     path = pc.replace_substring_regex(path, r"/\.$", "")
-    scheme, nothing = pa.scalar("gs://", path.type), pa.scalar("", path.type)
+    scheme = pa.scalar("gs://", path.type)
     canonical = pc.if_else(is_gs, pc.binary_join_element_wise(scheme, path, nothing), path)
-    return pc.if_else(pc.match_substring_regex(values, HTTP_URL), values, canonical)
+    return pc.if_else(http, values, canonical)
 
 
 def image_array(values: pa.Array) -> pa.BooleanArray:

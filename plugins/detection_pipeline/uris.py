@@ -11,6 +11,8 @@ rules to whole Arrow columns for the manifest.
 Canonical storage URIs (`normalize`):
 
 - surrounding whitespace stripped (`WHITESPACE`); unicode and inner spaces kept, nothing percent-decoded;
+- the scheme lower-cased, as schemes are case-insensitive (RFC 3986): `GS://b/x` is `gs://b/x`, `HTTP://Host/A`
+  is `http://Host/A` (hosts and paths are kept as written);
 - `file:///a/b` and `file://localhost/a/b` become the local path `/a/b`;
 - runs of `/` collapse and `.` segments vanish in local paths and gs:// keys (`gs://b//x/./y` -> `gs://b/x/y`);
 - http(s) URLs are left as they are (their paths and queries are the server's business).
@@ -23,6 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 WHITESPACE = " \t\r\n\x0b\x0c"
+# WHITESPACE and the control characters as the inside of a character class that Python's re, RE2 (Arrow
+# kernels) and ECMA-262 (JSON-schema patterns) all read alike; their `\s` differ.
+_SPACE = "".join(f"\\x{ord(c):02x}" for c in WHITESPACE)
+_CONTROL = r"\x00-\x1f\x7f"
 
 # Image files by extension. HEIC/HEIF/AVIF are images the engine does not decode: they are listed all the same,
 # so each gets an `unsupported` error row instead of vanishing into skipped_not_image.
@@ -32,13 +38,14 @@ STATE_DICT_EXTENSIONS = ("pt", "pth", "bin", "ckpt")
 
 # GCS bucket names: 3-222 characters of lowercase letters, digits, '-', '_' and '.', alphanumeric at both ends.
 GCS_BUCKET = r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]"
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(f"[{_CONTROL}]")
 PARENT_SEGMENT = re.compile(r"(^|/)\.\.(/|$)")
 _GCS = re.compile(rf"^gs://({GCS_BUCKET})(/.*)?$", re.DOTALL)
-HTTP_URL = r"^(?i:https?)://[^/?#\s]+"  # RE2-compatible too: uri_columns uses it in Arrow kernels
+SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*"  # RFC 3986; `normalize` lower-cases it
+_SCHEME = re.compile(f"^({SCHEME}):")
+HTTP_URL = rf"^(?i:https?)://[^/?#{_SPACE}]+"  # RE2-compatible too: uri_columns uses it in Arrow kernels
 _HTTP = re.compile(HTTP_URL)
 _FILE_SCHEME = re.compile(r"^file://(localhost)?/")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 # Container image reference (docker/distribution grammar): [host[:port]/]path[:tag][@algorithm:digest].
 _HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -94,6 +101,8 @@ class URIError(ValueError):
 def normalize(uri: str) -> str:
     """The canonical spelling of a storage URI (rules in the module docstring); checks nothing."""
     uri = uri.strip(WHITESPACE)
+    if scheme := _SCHEME.match(uri):
+        uri = scheme[1].lower() + uri[scheme.end(1) :]
     if _HTTP.match(uri):
         return uri
     uri = _FILE_SCHEME.sub("/", uri, count=1)
@@ -136,6 +145,25 @@ def check_storage_uri(uri: str, *, http: bool = False, placeholders: bool = Fals
     if PARENT_SEGMENT.search(canonical):
         raise URIError(f"{uri!r} contains a '..' segment")
     return canonical
+
+
+def storage_uri_pattern(*, http: bool = False, extensions: tuple[str, ...] = ()) -> str:
+    """A JSON-schema pattern matching every URI `check_storage_uri(..., http=http)` accepts, for the Param form.
+
+    Looser than the check (no '..', bucket or placeholder rules), never stricter: a form that refuses what the
+    run accepts is a bug. So it allows surrounding `WHITESPACE` and schemes in any case (spelled `[gG][sS]`:
+    ECMA-262 has no inline flags), and refuses control characters inside. With `extensions`, the URI must end
+    in one of them in any case, as `extension` reads it, or in what `normalize` removes after it ('/.').
+    """
+
+    def any_case(word: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+    schemes = ["/", any_case("file") + "://(?:localhost)?/", any_case("gs") + "://"]
+    if http:
+        schemes.append(any_case("https") + "?://")
+    end = r"\.(?:" + "|".join(map(any_case, extensions)) + r")(?:/+\.)*" if extensions else ""
+    return f"^[{_SPACE}]*(?:{'|'.join(schemes)})[^{_CONTROL}]*{end}[{_SPACE}]*$"
 
 
 def as_prefix(uri: str) -> str:

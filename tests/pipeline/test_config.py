@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -18,6 +19,7 @@ from detection_engine.catalog import MODELS
 from detection_pipeline import config as config_module
 from detection_pipeline.config import FIELDS, ConfigError, RunConfig, build_params
 from detection_pipeline.settings import load_settings
+from tests.pipeline.storage_uris import STORAGE_URIS
 
 NOV_21 = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
 
@@ -146,6 +148,22 @@ def test_accepted_weights(weights):
 
 
 @pytest.mark.parametrize(
+    ("field", "given", "canonical"),
+    [
+        ("input_uri", " GS://images/today\n", "gs://images/today"),
+        ("input_uri", "HTTPS://Example.com/lists/today.CSV", "https://Example.com/lists/today.CSV"),
+        ("output_uri", "\tFILE:///data/runs/", "/data/runs"),
+        ("weights", "Gs://models/x.PT", "gs://models/x.PT"),
+        ("weights", "/models/x.pth/.", "/models/x.pth"),
+        ("ground_truth_uri", " gs://truth//instances.json", "gs://truth/instances.json"),
+    ],
+)
+def test_storage_uris_in_any_spelling_the_run_accepts_pass_the_form_too(field, given, canonical):
+    assert getattr(RunConfig.from_params(_params(**{field: given}), NOV_21), field) == canonical
+    assert not _schema_rejects(field, given)
+
+
+@pytest.mark.parametrize(
     ("given", "canonical"),
     [("NONE", "none"), ("None", "none"), ("default", "DEFAULT"), ("coco_v1", "COCO_V1")],
 )
@@ -208,10 +226,14 @@ REJECTED = [
     ("input_uri", "gs://images/{ds", "unmatched", False),
     ("input_uri", "https://example.com/images/", "must be a manifest file", False),
     ("input_uri", "gs://B/images", "valid bucket name", False),
+    ("input_uri", "FTP://host/images", "scheme 'ftp' is not supported", True),
     ("input_uri", 42, "must be a string", True),
     ("output_uri", "https://example.com/out", "http(s) is allowed only for input_uri", True),
     ("output_uri", "gs://detections/{ds}", "only input_uri may use", False),
     ("output_uri", "", "non-empty", True),
+    ("ground_truth_uri", "/data/../instances.json", "'..' segment", False),
+    ("ground_truth_uri", "gs://truth/{ds}.json", "only input_uri may use", False),
+    ("ground_truth_uri", "https://example.com/instances.json", "http(s) is allowed only for input_uri", True),
     ("warehouse", "duckdb://relative.duckdb", "expected duckdb:///", True),
     ("warehouse", "duckdb:///data/w.sqlite", "expected duckdb:///", True),
     ("warehouse", "bigquery://my-project/detection`; DROP TABLE results; --", "expected bigquery://", True),
@@ -382,3 +404,24 @@ def test_the_param_form_and_run_config_accept_the_same_values(name, value):
     else:
         assert not _schema_rejects(name, value), f"the form refuses {value!r}, which RunConfig accepts"
         assert not (isinstance(value, float) and not math.isfinite(value))
+
+
+def test_the_param_patterns_are_ecma_262_too():
+    """The trigger form checks patterns in the browser too, where inline flags like (?i) are syntax errors."""
+    for name, f in FIELDS.items():
+        assert not re.search(r"\(\?[^:]", f.metadata["schema"].get("pattern", "")), name
+
+
+@pytest.mark.parametrize("name", ["input_uri", "output_uri", "weights", "ground_truth_uri"])
+@settings(max_examples=250, deadline=None)
+@given(value=STORAGE_URIS)
+def test_the_param_form_accepts_every_storage_uri_run_config_accepts(name, value):
+    """The form may be looser than RunConfig (it has no '..', bucket or file-host rules) but never stricter:
+    a value RunConfig accepts after normalising (whitespace, scheme case, '/.') starts the run. A value the form
+    lets through and RunConfig refuses is a ConfigError naming the field, nothing else."""
+    try:
+        RunConfig.from_params(_params(**{name: value}), NOV_21)
+    except ConfigError as error:
+        assert str(error).startswith(f"{name}: ")
+    else:
+        assert not _schema_rejects(name, value), f"the form refuses {value!r}, which RunConfig accepts"

@@ -6,11 +6,12 @@ from datetime import datetime
 
 import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detection_engine.redaction import redact_text
 from detection_pipeline import uri_columns, uris
+from tests.pipeline.storage_uris import STORAGE_URIS
 
 # Spellings a listing or a hand-written manifest produces, with their canonical form.
 CANONICAL = [
@@ -23,15 +24,26 @@ CANONICAL = [
     ("/data/images/a..b.jpg", "/data/images/a..b.jpg"),
     ("file:///data/images/a.jpg", "/data/images/a.jpg"),
     ("file://localhost/data//a.jpg", "/data/a.jpg"),
+    ("FILE:///data/images/a.jpg", "/data/images/a.jpg"),  # schemes are case-insensitive (RFC 3986)
+    ("File://localhost/data/a.jpg", "/data/a.jpg"),
+    ("file://LOCALHOST/data/a.jpg", "file:/LOCALHOST/data/a.jpg"),  # hosts as written: refused
     ("gs://bucket/images/a.jpg", "gs://bucket/images/a.jpg"),
     ("gs://bucket//images/./a.jpg", "gs://bucket/images/a.jpg"),
+    ("GS://bucket/images/a.jpg", "gs://bucket/images/a.jpg"),
+    ("Gs://bucket//Images/a.jpg", "gs://bucket/Images/a.jpg"),
+    ("gs://bucket/a://b.jpg", "gs://bucket/a:/b.jpg"),
     ("gs:///bucket/a.jpg", "gs:///bucket/a.jpg"),  # no bucket: refused, not guessed
     ("/données/été 2026/ä b.JPG", "/données/été 2026/ä b.JPG"),
     ("gs://bucket/with space/%20kept.png", "gs://bucket/with space/%20kept.png"),
     ("https://example.com//a/./b.jpg?x=1//2", "https://example.com//a/./b.jpg?x=1//2"),
-    ("HTTP://Example.com/a.jpg", "HTTP://Example.com/a.jpg"),
+    ("HTTP://Example.com/a.jpg", "http://Example.com/a.jpg"),
+    ("hTTpS://Example.com//A.jpg", "https://Example.com//A.jpg"),
+    ("http:///a.jpg", "http:/a.jpg"),  # no host: not a URL, refused
+    ("http://\u3000/a.jpg", "http://\u3000/a.jpg"),  # re and RE2 read a host alike (their \\s differ)
     ("relative//path.jpg", "relative/path.jpg"),
     ("s3://bucket//a.jpg", "s3:/bucket/a.jpg"),
+    ("s3://bucket/a.jpg", "s3:/bucket/a.jpg"),
+    ("S3://Bucket/a.jpg", "s3:/Bucket/a.jpg"),
     ("/data/../etc/passwd", "/data/../etc/passwd"),
     ("#comment", "#comment"),
     ("", ""),
@@ -55,35 +67,48 @@ def test_the_column_wise_rules_work_on_slices_and_large_strings():
     assert uri_columns.normalize_array(raw).to_pylist() == ["/a/b.jpg", "gs://bkt/c.png"]
 
 
+def _refused(uri: str) -> bool:
+    try:
+        uris.check_storage_uri(uri, http=True)
+    except uris.URIError:
+        return True
+    return False
+
+
 def test_unusable_entries_are_the_ones_check_storage_uri_refuses():
-    canonical = [
-        "/data/a.jpg",
-        "gs://bucket/a.jpg",
-        "https://example.com/a.jpg",
-        "relative/a.jpg",
-        "s3:/bucket/a.jpg",
-        "/data/../etc/passwd",
-        "gs://bucket/../a.jpg",
-        "gs:///bucket/a.jpg",
-        "/data/a\nb.jpg",
-        "/data/a\x7f.jpg",
-        "/data/a..b.jpg",
-        "#comment",
+    entries = [  # canonical URIs, and whether they are unusable
+        ("/data/a.jpg", False),
+        ("gs://bucket/a.jpg", False),
+        ("https://example.com/a.jpg", False),
+        ("https://example.com/a\x01.jpg", True),
+        ("https://example.com/../a.jpg", False),  # the server's business
+        ("relative/a.jpg", True),
+        ("s3:/bucket/a.jpg", True),
+        ("/data/../etc/passwd", True),
+        ("gs://bucket/../a.jpg", True),
+        ("gs:///bucket/a.jpg", True),
+        ("/data/a\nb.jpg", True),
+        ("/data/a\x7f.jpg", True),
+        ("/data/a..b.jpg", False),
+        ("#comment", True),
     ]
+    canonical = [uri for uri, _ in entries]
 
     same, unusable = uri_columns.canonicalize(pa.array(canonical))
-    unusable = unusable.to_pylist()
-
-    def refused(uri: str) -> bool:
-        try:
-            uris.check_storage_uri(uri, http=True)
-        except uris.URIError:
-            return True
-        return False
 
     assert same.to_pylist() == canonical
-    assert unusable == [refused(u) for u in canonical]
-    assert unusable == [False, False, False, True, True, True, True, True, True, True, False, True]
+    assert unusable.to_pylist() == [_refused(u) for u in canonical] == [bad for _, bad in entries]
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=st.lists(STORAGE_URIS, min_size=1, max_size=6))
+def test_the_column_wise_rules_agree_with_normalize_and_check_storage_uri_on_any_uri(raw):
+    """Row for row, on URIs built from the pieces the rules treat specially (gs:// buckets valid and no
+    placeholders, as above: those rules are the store's and input_uri's)."""
+    canonical, unusable = uri_columns.canonicalize(pa.array(raw))
+
+    assert canonical.to_pylist() == [uris.normalize(r) for r in raw]
+    assert unusable.to_pylist() == [_refused(r) for r in raw]
 
 
 def test_other_extensions_in_manifest_entries():
@@ -130,12 +155,15 @@ def test_image_extensions_are_matched_in_any_case():
     ("uri", "message"),
     [
         ("s3://b/k", "scheme 's3' is not supported"),
+        ("S3://b/k", "scheme 's3' is not supported"),
         ("ftp://host/k", "scheme 'ftp' is not supported"),
         ("data/k", "relative path"),
         ("file://host/data", "file:///absolute/path"),
         ("/a/../b", "'..' segment"),
         ("/a/\x1b[31mred", "control character"),
         ("gs://UPPER/k", "valid bucket name"),
+        ("GS://UPPER/k", "valid bucket name"),
+        ("FILE://host/data", "file:///absolute/path"),
         ("gs://ab/k", "valid bucket name"),
         ("/a/{ds}", "only input_uri may use"),
         ("https://example.com/x", "http(s) is allowed only for input_uri"),
