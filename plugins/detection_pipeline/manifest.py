@@ -272,9 +272,10 @@ def _load(
     _query(con, "CREATE TEMP TABLE candidates (image_uri VARCHAR NOT NULL)")
     listed = not_image = 0
     for raw in batches:
-        values, bad, skipped = _candidates(raw, listing)
+        values, bad, written, skipped = _candidates(raw, listing)
         if pc.any(bad).as_py():
-            rejected.add(values.filter(bad).slice(0, _EXAMPLES).to_pylist(), pc.sum(bad).as_py())
+            examples = written.filter(bad).slice(0, _EXAMPLES).to_pylist()
+            rejected.add([e if listing else e.strip(uris.WHITESPACE) for e in examples], pc.sum(bad).as_py())
             values = values.filter(pc.invert(bad))
         listed += len(values)
         not_image += skipped
@@ -284,16 +285,18 @@ def _load(
     return listed, not_image
 
 
-def _candidates(raw: pa.Array, listing: bool) -> tuple[pa.Array, pa.BooleanArray, int]:
+def _candidates(raw: pa.Array, listing: bool) -> tuple[pa.Array, pa.BooleanArray, pa.Array, int]:
     """One batch's canonical image URIs, without blanks (and, in manifest files, '#' comments). Returns them,
-    which of them are unusable, and how many entries were left out for not being images."""
+    which of them are unusable, the same rows as written (for examples a user can find in the file), and
+    how many entries were left out for not being images."""
     if raw.null_count:
         raw = raw.drop_null()
+    written = raw.cast(pa.string())
     if listing:  # a listed name is used exactly as the store returned it
-        values = raw.cast(pa.string())
+        values = written
         unusable = uri_columns.unusable_listed(values)
     else:
-        values, unusable = uri_columns.canonicalize(raw.cast(pa.string()))
+        values, unusable = uri_columns.canonicalize(written)
     present = pc.greater(pc.binary_length(values), 0)
     if listing:
         images = pc.and_(present, uri_columns.image_array(values))
@@ -302,8 +305,8 @@ def _candidates(raw: pa.Array, listing: bool) -> tuple[pa.Array, pa.BooleanArray
         images = pc.and_(present, pc.invert(uri_columns.other_extension_array(values)))
     not_images = (pc.sum(present).as_py() or 0) - (pc.sum(images).as_py() or 0)
     if not pc.all(images).as_py():
-        values, unusable = values.filter(images), unusable.filter(images)
-    return values, unusable, not_images
+        values, unusable, written = values.filter(images), unusable.filter(images), written.filter(images)
+    return values, unusable, written, not_images
 
 
 def _drop_processed(con: duckdb.DuckDBPyConnection, processed: ProcessedURIs) -> int:

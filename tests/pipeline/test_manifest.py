@@ -115,6 +115,7 @@ def test_a_text_manifest_is_normalised_and_deduplicated(tmp_path):
             "",
             "gs://bucket/photos/b.png",
             "gs://bucket//photos/b.png",
+            "GS://bucket/photos/b.png",  # schemes are case-insensitive
             "gs://bucket/photos/raw-0001",  # no extension: kept, an error row if it does not decode
             "gs://bucket/photos/scan.pdf",  # another extension: counted as not an image
             "https://example.com/c.jpg?size=large",
@@ -133,7 +134,7 @@ def test_a_text_manifest_is_normalised_and_deduplicated(tmp_path):
         "https://example.com/c.jpg?size=large",
         "https://example.com/render?id=7",
     ]
-    assert (stats.listed, stats.duplicates, stats.skipped_not_image, stats.unique) == (8, 3, 2, 5)
+    assert (stats.listed, stats.duplicates, stats.skipped_not_image, stats.unique) == (9, 4, 2, 5)
     _invariant(stats)
 
 
