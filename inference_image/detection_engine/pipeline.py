@@ -33,7 +33,10 @@ from detection_engine.storage import DEFAULT_LIMITS, ReadLimits
 @dataclass(frozen=True)
 class PipelineOptions:
     batch_size: int | str = AUTO  # auto_batch.py's rule, resolved per run on its devices
-    fetch_workers: int = 8
+    # A read waits on a round trip, so a shard is fed at most ~fetch_workers / latency images/s: 32 threads at
+    # GCS's ~40 ms is ~800/s, twice the GPU target (8 capped it at ~200: bench/bench_fetch.py). Threads that
+    # wait cost little; at most batch x prefetch_batches reads are in flight whatever the number.
+    fetch_workers: int = 32
     decode_workers: int = field(default_factory=usable_cpus)  # a pod passes its CPU request instead
     prefetch_batches: int = 3
     group_window: int = 4  # batches' worth of decoded images searched for similar shapes; 1 = arrival order
