@@ -19,7 +19,8 @@ import traceback
 # A `***` already put in place of credentials or a query (`uris.redact`, for records) is left as it is, so that
 # text redacted once keeps its mask when a log record of it is redacted again.
 _MASKED = r"\*\*\*(?=[:,;.]?(?:$|[\s'\"<>)\]]))"
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?!\*\*\*@)[^/\s@]+@")
+# Userinfo runs to the last '@' before the path, as HTTP clients split it: a password may hold a raw '@'.
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?!\*\*\*@)[^/?#\s]*@")
 _URL_QUERY = re.compile(rf"(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s?#]*)(?!\?{_MASKED})[?#][^\s'\"<>)\]]*")
 _SECRET_PARAM = re.compile(
     r"(?i)\b(?P<key>access_token|token|key|sig|signature|password|secret|credential)s?=[^&\s'\"]+"

@@ -188,11 +188,13 @@ def extension(uri: str) -> str:
 
 
 def redact(uri: str) -> str:
-    """The URI with credentials and query strings (signed-URL tokens) masked, for records and logs."""
+    """The URI with credentials, query and fragment (signed-URL tokens) masked, for records and logs.
+
+    Userinfo runs to the last '@' before the path (a raw '@' in a password is how clients split it)."""
     if not _HTTP.match(uri):
         return uri
-    uri = re.sub(r"^(https?://)[^/@]*@", r"\1***@", uri, flags=re.IGNORECASE)
-    return re.sub(r"\?.*$", "?***", uri, flags=re.DOTALL)
+    uri = re.sub(r"^(https?://)[^/?#]*@", r"\1***@", uri, flags=re.IGNORECASE)
+    return re.sub(r"[?#].*$", lambda rest: rest[0][0] + "***", uri, flags=re.DOTALL)
 
 
 # -- date placeholders ---------------------------------------------------------------------------
