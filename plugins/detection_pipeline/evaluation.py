@@ -190,15 +190,10 @@ def _checked_annotation(index: int, ann: object, image_ids: set[int], category_i
     crowd = ann.get("iscrowd", 0)
     if crowd not in (0, 1) or isinstance(crowd, float):
         raise GroundTruthError(f"{where} needs iscrowd 0 or 1; got {crowd!r}")
-    area = ann.get("area")
-    if area is not None and not (_is_number(area) and area >= 0):
-        raise GroundTruthError(f"{where} needs a finite area >= 0 when it has one; got {area!r}")
-    return {
-        **ann,
-        "id": index + 1,
-        "iscrowd": int(crowd),
-        "area": float(box[2] * box[3] if area is None else area),
-    }
+    area = float(box[2]) * float(box[3]) if ann.get("area") is None else ann["area"]
+    if not (_is_number(area) and area >= 0):
+        raise GroundTruthError(f"{where} needs a finite area >= 0 (given, or its box's); got {area!r}")
+    return {**ann, "id": index + 1, "iscrowd": int(crowd), "area": float(area)}
 
 
 def _is_id(value: object) -> bool:
@@ -207,7 +202,13 @@ def _is_id(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number that fits a float (JSON integers have no size limit: 10**400 is one)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _require_unique(what: str, values: Sequence) -> None:

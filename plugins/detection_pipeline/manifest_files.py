@@ -9,7 +9,8 @@ rejected, counted with a few examples, like an unusable URI.
 
 - .txt: UTF-8 (an optional BOM), one entry per line; lines end in \\n, \\r\\n or a lone \\r.
 - .csv: the column named `image_uri` or `uri` (trimmed, any case: `URI`, ` Image_URI `), or the only column
-  of a file without a header. Two columns that both match are ambiguous and refused.
+  of a file without a header; delimited by ',', ';', tab or '|', whichever splits the header into a URI column.
+  Two columns that both match are ambiguous and refused.
 - .parquet: the same column names; any text-like type (string, large or view strings, dictionary-encoded
   strings such as pandas categoricals, binary holding UTF-8, all-null).
 """
@@ -35,6 +36,10 @@ BATCH_ROWS = (
 )  # entries per batch handed on (the manifest's column-wise passes work this much at a time)
 TEXT_BLOCK_BYTES = 64 << 20  # a text manifest is split this much at a time (~1M lines of ~60 characters)
 SNIFF_BYTES = 4096
+CSV_BLOCK_BYTES = (
+    64 << 20
+)  # a CSV row must fit in one block: pyarrow's default (1 MiB) failed a file on one long line
+CSV_DELIMITERS = (",", ";", "\t", "|")
 
 # What a file starting with these bytes is; checked before a parser reads it.
 _SIGNATURES = (
@@ -105,7 +110,7 @@ def slices(values: pa.Array) -> Iterator[pa.Array]:
 
 def uri_column(names: list[str], shown: str) -> int:
     """The index of the URI column among `names` (trimmed, any case), by URI_COLUMNS' preference."""
-    keys = [name.strip(uris.WHITESPACE + "\ufeff").lower() for name in names]
+    keys = [_key(name) for name in names]
     for wanted in URI_COLUMNS:
         found = [i for i, key in enumerate(keys) if key == wanted]
         if len(found) > 1:
@@ -131,7 +136,7 @@ def _read_parquet(handle: BinaryIO, shown: str, reject: Reject) -> Iterator[pa.A
     name, kind = schema.names[index], schema.field(index).type
     if not _is_text_like(kind):
         raise ManifestError(f"input manifest {shown}: column {name!r} is {kind}, not text")
-    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=[name]):
+    for batch in _batches(file, name, shown):
         values = batch.column(0)
         if pa.types.is_dictionary(values.type):  # pandas categoricals
             values = values.dictionary_decode()
@@ -139,6 +144,19 @@ def _read_parquet(handle: BinaryIO, shown: str, reject: Reject) -> Iterator[pa.A
             yield values  # valid UTF-8: Arrow's Parquet reader checks string columns
         else:
             yield _as_utf8(values.cast(pa.large_binary()), reject)
+
+
+def _batches(file: pq.ParquetFile, column: str, shown: str) -> Iterator[pa.RecordBatch]:
+    """The column's batches; a damaged page (a valid footer over corrupt data) is the file's ManifestError."""
+    batches = file.iter_batches(batch_size=BATCH_ROWS, columns=[column])
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as err:
+            raise ManifestError(f"input manifest {shown} is not readable Parquet: {err}") from None
+        yield batch
 
 
 def _is_text_like(kind: pa.DataType) -> bool:
@@ -171,18 +189,20 @@ def _read_csv(handle: BinaryIO, shown: str, reject: Reject) -> pa.Array:
         bad_rows.append(row.text)
         return "skip"
 
-    parse = pacsv.ParseOptions(invalid_row_handler=skip)
+    parse = pacsv.ParseOptions(delimiter=_delimiter(handle), invalid_row_handler=skip)
     try:
-        names = pacsv.open_csv(handle, parse_options=parse).schema.names
+        names = pacsv.open_csv(handle, pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES), parse).schema.names
         handle.seek(0)
         bad_rows.clear()  # the header pass parsed the first block too
-        headerless = len(names) == 1 and names[0].strip(uris.WHITESPACE + "\ufeff").lower() not in URI_COLUMNS
+        headerless = len(names) == 1 and _key(names[0]) not in URI_COLUMNS
         index = 0 if headerless else uri_column(names, shown)
         table = pacsv.read_csv(
             handle,
             # Positional names, so a duplicate or odd header cannot make the wrong column be read.
             read_options=pacsv.ReadOptions(
-                column_names=[f"c{i}" for i in range(len(names))], skip_rows=0 if headerless else 1
+                column_names=[f"c{i}" for i in range(len(names))],
+                skip_rows=0 if headerless else 1,
+                block_size=CSV_BLOCK_BYTES,
             ),
             parse_options=parse,
             convert_options=pacsv.ConvertOptions(
@@ -193,11 +213,27 @@ def _read_csv(handle: BinaryIO, shown: str, reject: Reject) -> pa.Array:
         )
     except UnicodeDecodeError:
         raise ManifestError(f"input manifest {shown} is not UTF-8 text") from None
-    except pa.ArrowInvalid as err:
+    except (pa.ArrowInvalid, OSError) as err:
         raise ManifestError(f"input manifest {shown} is not readable CSV: {err}") from None
     if bad_rows:
         reject([row.rstrip("\r\n") for row in bad_rows[:5]], len(bad_rows))
     return _as_utf8(table.column(0).combine_chunks(), reject)
+
+
+def _delimiter(handle: BinaryIO) -> str:
+    """The delimiter whose split of the first line names the URI column: Excel writes ';' where ',' is the
+    decimal mark, and tab-separated exports are common. A headerless file is read with ','."""
+    first = handle.readline(CSV_BLOCK_BYTES).decode("utf-8", "replace")
+    handle.seek(0)
+    for delimiter in CSV_DELIMITERS:
+        if any(_key(part) in URI_COLUMNS for part in first.split(delimiter)):
+            return delimiter
+    return ","
+
+
+def _key(name: str) -> str:
+    """A header name as matched against URI_COLUMNS: trimmed (quotes, BOM too), any case."""
+    return name.strip(uris.WHITESPACE + '"\ufeff').lower()
 
 
 # -- text ------------------------------------------------------------------------------------------

@@ -292,6 +292,9 @@ def _break(change) -> dict:
         (_break(lambda d: d["annotations"][0].update(image_id=[7])), r"refers to image_id \[7\]"),
         (_break(lambda d: d["annotations"][0].update(iscrowd="no")), "needs iscrowd 0 or 1"),
         (_break(lambda d: d["annotations"][0].update(area=-1)), "needs a finite area >= 0"),
+        (_break(lambda d: d["annotations"][0].update(area=10**400)), "needs a finite area >= 0"),
+        (_break(lambda d: d["annotations"][0].update(bbox=[0, 0, 1e200, 1e200])), "needs a finite area >= 0"),
+        (_break(lambda d: d["annotations"][0].update(bbox=[0, 0, 10**400, 1])), r"needs bbox \[x, y"),
         (_break(lambda d: d["images"][0].update(id=2**63)), r"images\[0\] needs an integer id"),
         (_break(lambda d: d["categories"][0].update(id=-1)), r"categories\[0\] needs an integer id"),
     ],
@@ -307,6 +310,7 @@ _odd = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([10**400, -(10**400), 1e200]),  # JSON integers have no size limit
     st.floats(),
     st.text(max_size=4),
     st.lists(st.integers(0, 3), max_size=3),

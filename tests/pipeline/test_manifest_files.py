@@ -73,6 +73,18 @@ def test_a_parquet_manifest_that_is_not_parquet_says_so(tmp_path, data, message)
         _build(_config(tmp_path, _write(tmp_path / "list.parquet", data)))
 
 
+def test_a_parquet_file_with_a_damaged_page_under_a_valid_footer_is_named(tmp_path):
+    path = tmp_path / "list.parquet"
+    uris = [f"gs://bkt/{i:04d}.jpg" for i in range(200)]
+    pq.write_table(pa.table({"image_uri": uris}), path, compression="snappy", use_dictionary=False)
+    data = bytearray(path.read_bytes())
+    data[60:400] = bytes(b ^ 0x5A for b in data[60:400])  # the first data page; the footer stays intact
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(ManifestError, match="is not readable Parquet"):
+        _build(_config(tmp_path, path))
+
+
 _signatures = st.sampled_from([b""] + [signature for signature, _ in manifest_files._SIGNATURES])
 
 
@@ -141,6 +153,26 @@ def test_two_columns_that_both_name_the_uris_are_refused_as_ambiguous(tmp_path, 
 
     with pytest.raises(ManifestError, match="has 2 columns named .*; keep one"):
         _build(_config(tmp_path, path))
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_a_csv_delimited_otherwise_is_read_by_the_delimiter_its_header_shows(tmp_path, delimiter):
+    rows = ["label", "image_uri"], ["cat", "gs://bkt/b,1.jpg"], ["dog", "gs://bkt/a.jpg"]
+    path = _write(tmp_path / "list.csv", "".join(delimiter.join(row) + "\n" for row in rows))
+
+    stats, table = _build(_config(tmp_path, path))
+
+    assert table.column("image_uri").to_pylist() == ["gs://bkt/a.jpg", "gs://bkt/b,1.jpg"]
+    assert (stats.rejected, stats.skipped_not_image) == (0, 0)
+
+
+def test_one_very_long_csv_line_costs_no_other_entry(tmp_path):
+    long = "/d/" + "x" * (2 << 20) + ".jpg"
+    path = _write(tmp_path / "list.csv", f"image_uri\n{long}\n/d/ok.jpg\n")
+
+    stats, table = _build(_config(tmp_path, path))
+
+    assert table.column("image_uri").to_pylist() == ["/d/ok.jpg", long]  # sorted by code point
 
 
 def test_image_uri_is_preferred_to_uri(tmp_path):
