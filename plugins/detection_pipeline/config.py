@@ -42,7 +42,7 @@ DEDUP_MODES = ("uri", "content")
 SIZE_RANGE = (16, 4096)  # min_size / max_size, pixels
 # A torchvision weights enum member name in any case (DEFAULT, coco_v1) or 'none' in any case; which names the
 # model's enum has is checked by catalog.canonical_weights, which also gives the one spelling.
-WEIGHTS_ENUM_MEMBER = r"^[A-Za-z][A-Za-z0-9_]*$"
+WEIGHTS_ENUM_MEMBER = r"^[A-Za-z][A-Za-z0-9_]*$" + uris.END
 
 _LOCAL_OR_GCS = uris.storage_uri_pattern()
 
@@ -110,7 +110,7 @@ class RunConfig:
     )
     weights_sha256: str | None = _field(
         "SHA-256 (64 hex digits) the state dict file must have; only for weights given as a file.",
-        {"type": ["null", "string"], "pattern": r"^[0-9a-fA-F]{64}$"},
+        {"type": ["null", "string"], "pattern": r"^[0-9a-fA-F]{64}$" + uris.END},
         default=None,
         hint="64 hexadecimal digits",
     )
@@ -118,7 +118,7 @@ class RunConfig:
         "Images per model call, or 'auto': 1 on a CPU (the fastest there, and detections equal to one image at "
         "a time), on a GPU the largest power of two up to 32 that fits half the free memory "
         "(detection_engine/auto_batch.py).",
-        {"type": ["integer", "string"], "minimum": 1, "maximum": 256, "pattern": "^auto$"},
+        {"type": ["integer", "string"], "minimum": 1, "maximum": 256, "pattern": "^auto$" + uris.END},
         default="auto",
         hint="'auto' or an integer from 1 to 256",
     )
@@ -169,7 +169,7 @@ class RunConfig:
         "Images per shard (one pod each), or 'auto': sized for ten minutes per pod from the images/s per GPU that "
         "earlier runs of this model on this hardware recorded (shard_size.py), 1000 without such runs. More "
         "shards than max_shards are never made, so shards grow instead.",
-        {"type": ["integer", "string"], "minimum": 1, "maximum": 10_000_000, "pattern": "^auto$"},
+        {"type": ["integer", "string"], "minimum": 1, "maximum": 10_000_000, "pattern": "^auto$" + uris.END},
         default=1000,
         hint="'auto' or an integer from 1 to 10000000",
     )

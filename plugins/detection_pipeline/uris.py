@@ -47,6 +47,10 @@ HTTP_URL = rf"^(?i:https?)://[^/?#{_SPACE}]+"  # RE2-compatible too: uri_columns
 _HTTP = re.compile(HTTP_URL)
 _FILE_SCHEME = re.compile(r"^file://(localhost)?/")
 
+# The end of the string in Python's re and in ECMA-262 alike: Python's `$` also matches before a final newline,
+# so "default\n" passed `^...$` patterns (in jsonschema too, which uses re.search) and reached a pod spec.
+END = r"(?![\s\S])"
+
 # Container image reference (docker/distribution grammar): [host[:port]/]path[:tag][@algorithm:digest].
 _HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -54,10 +58,10 @@ IMAGE_REFERENCE = (
     rf"^(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*(?::[0-9]+)?/)?"
     rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$" + END
 )
 # Kubernetes names and label values (RFC 1123 label): namespaces, GPU accelerator labels, machine types.
-DNS_LABEL = r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_LABEL = r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$" + END
 
 # Warehouse URIs: this module's `parse_warehouse` is the one parser (`warehouse.open_warehouse` dispatches on
 # its result, the run config's Param pattern is built from the same pieces). Project and dataset names are
@@ -74,7 +78,7 @@ _DUCKDB = re.compile(r"^duckdb://(?P<path>/[^?#]*[^/?#]\.duckdb)$")
 # The same grammar as a JSON-schema pattern for the Param form (which cannot call a function).
 WAREHOUSE_PATTERN = (
     r"^(?:duckdb:///[^?#\u0000-\u001f]*\.duckdb"
-    rf"|bigquery://{BIGQUERY_PROJECT}/{BIGQUERY_DATASET}(?:\?location={BIGQUERY_LOCATION})?)$"
+    rf"|bigquery://{BIGQUERY_PROJECT}/{BIGQUERY_DATASET}(?:\?location={BIGQUERY_LOCATION})?)$" + END
 )
 _EXPECTED_WAREHOUSE = (
     "expected duckdb:///absolute/path/file.duckdb or bigquery://project-id/dataset[?location=LOC]"

@@ -409,7 +409,35 @@ def test_the_param_form_and_run_config_accept_the_same_values(name, value):
 def test_the_param_patterns_are_ecma_262_too():
     """The trigger form checks patterns in the browser too, where inline flags like (?i) are syntax errors."""
     for name, f in FIELDS.items():
-        assert not re.search(r"\(\?[^:]", f.metadata["schema"].get("pattern", "")), name
+        assert not re.search(r"\(\?[^:=!]", f.metadata["schema"].get("pattern", "")), (
+            name
+        )  # (?: (?= (?! are fine
+
+
+STRING_EXAMPLES = {
+    **{name: value for name, value in _params().items() if isinstance(value, str)},
+    "weights_sha256": "a" * 64,
+    "ground_truth_uri": "/data/instances.json",
+    "batch_size": "auto",
+    "shard_size": "auto",
+}
+
+
+@pytest.mark.parametrize("control", ["\n", "\r\n", "\t", "\x00", "\x7f", "\x0b"])
+@pytest.mark.parametrize("name", sorted(STRING_EXAMPLES))
+def test_no_accepted_value_keeps_a_control_character(name, control):
+    """Python's `$` matches before a final newline, so `default\\n` once passed the namespace pattern and reached
+    a pod spec, and `auto\\n` silently turned auto shard sizing off. A value with a control character at either
+    end is refused naming the field, or (URIs: surrounding whitespace) accepted without it."""
+    for value in (STRING_EXAMPLES[name] + control, control + STRING_EXAMPLES[name]):
+        try:
+            config = RunConfig.from_params(_params(**{name: value}), NOV_21)
+        except ConfigError as error:
+            assert str(error).startswith(f"{name}: ")
+        else:
+            kept = getattr(config, name)
+            assert not re.search(r"[\x00-\x1f\x7f]", kept), f"{name} kept {kept!r}"
+            assert not _schema_rejects(name, value), f"the form refuses {value!r}, which RunConfig accepts"
 
 
 @pytest.mark.parametrize("name", ["input_uri", "output_uri", "weights", "ground_truth_uri"])
