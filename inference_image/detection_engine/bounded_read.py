@@ -413,9 +413,11 @@ def _remote_error(exc: Exception, budget: _Budget) -> ReadRefused:
             "timeout",
             f"{type(exc).__name__} after {budget.timeout_s - max(0.0, budget.deadline - time.monotonic()):.1f} s",
         )
+    if type(exc).__name__ == "TooManyRedirects":  # aiohttp's, with status 0 and an empty message
+        return ReadRefused("fetch_error", "too many redirects (a redirect loop?)")
     status = getattr(exc, "status", None) or getattr(exc, "code", None)
     message = str(exc)
-    if isinstance(status, int) or message.startswith("Forbidden"):
+    if (isinstance(status, int) and status > 0) or message.startswith("Forbidden"):
         return _status_error(status if isinstance(status, int) else 403, message)
     return ReadRefused("fetch_error", f"{type(exc).__name__}: {message}")
 

@@ -403,6 +403,8 @@ def _input_uri(value: str) -> str:
             f"{value!r} has date placeholders; build the config with from_params(..., logical_date)"
         )
     canonical = uris.check_storage_uri(value, http=True)
+    if canonical.startswith(("http://", "https://")):
+        uris.check_http_authority(canonical)
     if canonical.startswith(("http://", "https://")) and not _is_manifest_file(canonical):
         raise uris.URIError(
             f"{value!r}: an http(s) input must be a manifest file (.{', .'.join(uris.MANIFEST_EXTENSIONS)}); "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 WHITESPACE = " \t\r\n\x0b\x0c"
 # WHITESPACE and the control characters as the inside of a character class that Python's re, RE2 (Arrow
@@ -168,6 +169,19 @@ def storage_uri_pattern(*, http: bool = False, extensions: tuple[str, ...] = ())
         schemes.append(any_case("https") + "?://")
     end = r"\.(?:" + "|".join(map(any_case, extensions)) + r")(?:/+\.)*" if extensions else ""
     return f"^[{_SPACE}]*(?:{'|'.join(schemes)})[^{_CONTROL}]*{end}[{_SPACE}]*$"
+
+
+def check_http_authority(url: str) -> None:
+    """URIError unless an http(s) URL has a host and, when given, a port in range: for a URL the run itself
+    reads (its input manifest file), what the client would refuse later, and retry, is refused up front.
+    (Manifest entries are not held to it: a bad one is that image's fetch_error row.)"""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing it is the check (out of range, not a number)
+    except ValueError as error:
+        raise URIError(f"{redact(url)!r} is not a valid URL: {error}") from None
+    if not parts.hostname:
+        raise URIError(f"{redact(url)!r} has no host")
 
 
 def as_prefix(uri: str) -> str:

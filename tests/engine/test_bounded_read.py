@@ -152,6 +152,14 @@ def test_http_statuses_map_to_codes(status, code):
     assert "SECRET" not in caught.value.reason
 
 
+def test_a_redirect_loop_is_named_as_one():
+    with fixed_http_server(302, headers={"Location": "/x.jpg?token=SECRET"}) as url:
+        with pytest.raises(ReadRefused) as caught:
+            read_bounded(f"{url}/x.jpg?token=SECRET", max_bytes=MIB, timeout_s=10)
+    assert caught.value.code == "fetch_error" and "too many redirects" in caught.value.reason
+    assert "SECRET" not in caught.value.reason
+
+
 def test_an_announced_length_over_the_cap_is_refused_before_the_body():
     with fixed_http_server(200, b"x" * 100, {"Content-Length": str(10 * MIB)}) as url:
         assert _code(f"{url}/x.jpg") == "too_large"
