@@ -31,14 +31,12 @@ from detection_pipeline import uris
 from detection_pipeline.errors import ManifestError
 
 URI_COLUMNS = ("image_uri", "uri")  # accepted names of the URI column, in order of preference
-BATCH_ROWS = (
-    1 << 20
-)  # entries per batch handed on (the manifest's column-wise passes work this much at a time)
+# Entries per batch handed on: the manifest's column-wise passes work this much at a time.
+BATCH_ROWS = 1 << 20
 TEXT_BLOCK_BYTES = 64 << 20  # a text manifest is split this much at a time (~1M lines of ~60 characters)
 SNIFF_BYTES = 4096
-CSV_BLOCK_BYTES = (
-    64 << 20
-)  # a CSV row must fit in one block: pyarrow's default (1 MiB) failed a file on one long line
+# A CSV row must fit in one block: with pyarrow's default (1 MiB) one long line failed the whole file.
+CSV_BLOCK_BYTES = 64 << 20
 CSV_DELIMITERS = (",", ";", "\t", "|")
 
 # What a file starting with these bytes is; checked before a parser reads it.
