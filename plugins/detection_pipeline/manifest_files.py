@@ -127,7 +127,7 @@ def uri_column(names: list[str], shown: str) -> int:
 def _read_parquet(handle: BinaryIO, shown: str, reject: Reject) -> Iterator[pa.Array]:
     try:
         file = pq.ParquetFile(handle)
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:  # any Arrow error: the file, not the run
         raise ManifestError(f"input manifest {shown} is not readable Parquet: {err}") from None
     schema = file.schema_arrow
     index = uri_column(schema.names, shown)
@@ -152,7 +152,7 @@ def _batches(file: pq.ParquetFile, column: str, shown: str) -> Iterator[pa.Recor
             batch = next(batches)
         except StopIteration:
             return
-        except (pa.ArrowInvalid, OSError) as err:
+        except (pa.ArrowException, OSError) as err:
             raise ManifestError(f"input manifest {shown} is not readable Parquet: {err}") from None
         yield batch
 
@@ -211,7 +211,7 @@ def _read_csv(handle: BinaryIO, shown: str, reject: Reject) -> pa.Array:
         )
     except UnicodeDecodeError:
         raise ManifestError(f"input manifest {shown} is not UTF-8 text") from None
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowException, OSError) as err:
         raise ManifestError(f"input manifest {shown} is not readable CSV: {err}") from None
     if bad_rows:
         reject([row.rstrip("\r\n") for row in bad_rows[:5]], len(bad_rows))
