@@ -44,7 +44,7 @@ SIZE_RANGE = (16, 4096)  # min_size / max_size, pixels
 # model's enum has is checked by catalog.canonical_weights, which also gives the one spelling.
 WEIGHTS_ENUM_MEMBER = r"^[A-Za-z][A-Za-z0-9_]*$" + uris.END
 
-_LOCAL_OR_GCS = uris.storage_uri_pattern()
+_LOCAL_OR_GCS_URI = uris.storage_uri_pattern()
 
 
 # JSON Schema's bounds cannot refuse NaN (every comparison with it is false), and Python's json reads NaN, so a
@@ -82,7 +82,7 @@ class RunConfig:
     output_uri: str = _field(
         "Where runs write their files: {output_uri}/{run_id}/manifest.parquet, shards/, results/, metrics/. "
         "A gs:// or absolute local prefix, not inside input_uri.",
-        {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": _LOCAL_OR_GCS},
+        {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": _LOCAL_OR_GCS_URI},
         hint="an absolute local path, file:// or gs:// URI",
     )
     warehouse: str = _field(
@@ -191,7 +191,7 @@ class RunConfig:
     ground_truth_uri: str | None = _field(
         "COCO annotation JSON (images, annotations, categories) whose file_names match the ends of the input "
         "URIs; when set, the evaluate step adds COCO box mAP to the run record and report.",
-        {"type": ["null", "string"], "maxLength": 4096, "pattern": _LOCAL_OR_GCS},
+        {"type": ["null", "string"], "maxLength": 4096, "pattern": _LOCAL_OR_GCS_URI},
         default=None,
         hint="an absolute local path, file:// or gs:// URI",
     )
@@ -405,11 +405,11 @@ def _input_uri(value: str) -> str:
     canonical = uris.check_storage_uri(value, http=True)
     if canonical.startswith(("http://", "https://")):
         uris.check_http_authority(canonical)
-    if canonical.startswith(("http://", "https://")) and not _is_manifest_file(canonical):
-        raise uris.URIError(
-            f"{value!r}: an http(s) input must be a manifest file (.{', .'.join(uris.MANIFEST_EXTENSIONS)}); "
-            "only local and gs:// prefixes can be listed"
-        )
+        if not _is_manifest_file(canonical):
+            raise uris.URIError(
+                f"{value!r}: an http(s) input must be a manifest file (.{', .'.join(uris.MANIFEST_EXTENSIONS)}); "
+                "only local and gs:// prefixes can be listed"
+            )
     return uris.as_prefix(canonical)
 
 

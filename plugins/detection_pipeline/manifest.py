@@ -147,8 +147,8 @@ def build_manifest(
     log.info("manifest of %s: %s (%d distinct URIs)", uris.redact(config.input_uri), stats, distinct)
     if rejected.count:
         log.warning(
-            "%d input name(s) or entries are not usable and were left out (an absolute local path, gs:// or "
-            "http(s) URL is needed; no '..' segments or control characters), e.g. %s",
+            "%d input name(s) or entries are not usable and were left out (not an absolute local path, gs:// "
+            "or http(s) URL; a '..' segment or control character; not UTF-8; a malformed CSV row), e.g. %s",
             rejected.count,
             ", ".join(rejected.examples),
         )

@@ -106,7 +106,7 @@ def slices(values: pa.Array) -> Iterator[pa.Array]:
         yield values.slice(start, BATCH_ROWS)
 
 
-def uri_column(names: list[str], shown: str) -> int:
+def _uri_column(names: list[str], shown: str) -> int:
     """The index of the URI column among `names` (trimmed, any case), by URI_COLUMNS' preference."""
     keys = [_key(name) for name in names]
     for wanted in URI_COLUMNS:
@@ -130,7 +130,7 @@ def _read_parquet(handle: BinaryIO, shown: str, reject: Reject) -> Iterator[pa.A
     except (pa.ArrowException, OSError) as err:  # any Arrow error: the file, not the run
         raise ManifestError(f"input manifest {shown} is not readable Parquet: {err}") from None
     schema = file.schema_arrow
-    index = uri_column(schema.names, shown)
+    index = _uri_column(schema.names, shown)
     name, kind = schema.names[index], schema.field(index).type
     if not _is_text_like(kind):
         raise ManifestError(f"input manifest {shown}: column {name!r} is {kind}, not text")
@@ -193,7 +193,7 @@ def _read_csv(handle: BinaryIO, shown: str, reject: Reject) -> pa.Array:
         handle.seek(0)
         bad_rows.clear()  # the header pass parsed the first block too
         headerless = len(names) == 1 and _key(names[0]) not in URI_COLUMNS
-        index = 0 if headerless else uri_column(names, shown)
+        index = 0 if headerless else _uri_column(names, shown)
         table = pacsv.read_csv(
             handle,
             # Positional names, so a duplicate or odd header cannot make the wrong column be read.
