@@ -90,6 +90,7 @@ def gcs_requests(monkeypatch) -> list[tuple[str, str]]:
     return sent
 
 
+@pytest.mark.timeout(120)
 def test_a_gcs_object_is_read_with_one_request_and_refused_with_fetch_codes(
     gcs_emulator, gcs_bucket, gcs_requests
 ):
@@ -127,6 +128,7 @@ def test_a_range_on_an_empty_gcs_object_is_an_empty_read_not_an_error():
     assert bounded_read._ranged_get(Unsatisfiable(), "b/empty.jpg", 0, 1 << 20) == b""
 
 
+@pytest.mark.timeout(120)
 def test_a_large_gcs_object_comes_in_bounded_ranges(gcs_emulator, gcs_bucket, gcs_requests, monkeypatch):
     monkeypatch.setattr(bounded_read, "GCS_GET_BYTES", 1 << 20)
     data = os.urandom((2 << 20) + 5)

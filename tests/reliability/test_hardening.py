@@ -38,7 +38,7 @@ from tests.pipeline.shard_files import RUN_DATE, write_run
 from tests.reliability import runs
 from tests.reliability.http_files import SECRETS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # DAG runs: a regression fails, never hangs
 
 DAY = dt.datetime(2026, 3, 7, tzinfo=dt.UTC)
 
