@@ -139,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="NHWC convolution weights (a fast path; see BENCHMARKS.md)",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp16/bf16 on CUDA; fp32 on CPU")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp16/bf16 under autocast on CUDA, and on a CPU that computes them natively (bf16: AVX512-BF16/AMX); else fp32",
+    )
     p.add_argument("--fetch-workers", type=_positive_int, default=defaults.fetch_workers)
     p.add_argument("--decode-workers", type=_positive_int, default=defaults.decode_workers)
     p.add_argument("--prefetch-batches", type=_positive_int, default=defaults.prefetch_batches)

@@ -94,14 +94,36 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def effective_precision(requested: str, device: torch.device) -> str:
-    """fp16/bf16 run under CUDA autocast; on CPU the engine falls back to fp32 (with a warning), so one
-    configuration runs both on a GPU pod and in the embedded default. Metrics record what actually ran."""
+    """The precision that runs: fp16/bf16 under autocast on CUDA, and on a CPU that computes it natively
+    (bf16: AVX512-BF16 or AMX, as on Sapphire Rapids and later; fp16: AMX-FP16). Elsewhere it falls back to
+    fp32 with a warning, so one configuration runs on a GPU pod and in the embedded default alike; emulated
+    half precision would be slower than fp32. Metrics record what actually ran."""
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}; use one of {', '.join(PRECISIONS)}")
-    if requested != "fp32" and device.type != "cuda":
-        log.warning("precision %s needs a CUDA device; running fp32 on %s", requested, device.type)
-        return "fp32"
-    return requested
+    if requested == "fp32" or device.type == "cuda":
+        return requested
+    if device.type == "cpu" and cpu_computes(requested):
+        return requested
+    log.warning(
+        "precision %s needs a CUDA device or a CPU that computes it natively (%s); running fp32 on %s",
+        requested,
+        _CPU_FEATURES[requested][0],
+        device.type,
+    )
+    return "fp32"
+
+
+# The CPU features that compute each reduced precision in hardware: (what to call them, their checks).
+_CPU_FEATURES = {
+    "bf16": ("AVX512-BF16 or AMX", ("_is_avx512_bf16_supported", "_is_amx_tile_supported")),
+    "fp16": ("AMX-FP16", ("_is_amx_fp16_supported",)),
+}
+
+
+def cpu_computes(precision: str) -> bool:
+    """Whether this CPU has the instructions that run `precision` natively (torch.cpu's feature checks)."""
+    checks = _CPU_FEATURES[precision][1]
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
 def weights_enum_member(model_name: str, weights: str):

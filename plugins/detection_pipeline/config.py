@@ -141,7 +141,8 @@ class RunConfig:
         default=None,
     )
     precision: str = _field(
-        "Inference precision; fp16/bf16 apply on GPU (the engine falls back to fp32 where unsupported).",
+        "Inference precision; fp16/bf16 apply on GPU and on CPUs that compute them natively (bf16: AVX512-BF16/AMX); "
+        "elsewhere the engine falls back to fp32 and records that.",
         {"type": "string", "enum": list(PRECISIONS)},
         default="fp32",
     )

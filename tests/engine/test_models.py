@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import get_model_builder, get_model_weights
 from torchvision.models._meta import _COCO_CATEGORIES  # torchvision's own list, to check ours against
 
 from detection_engine.catalog import MODELS
+from detection_engine.inference import Detector
 from detection_engine.models import (
     DeviceError,
     ModelLoadError,
+    cpu_computes,
     effective_precision,
     load_model,
     resolve_device,
@@ -227,12 +231,42 @@ def test_unknown_model_is_a_load_error(tiny_options):
         load_model(tiny_options("yolo"))
 
 
-def test_half_precision_falls_back_to_fp32_on_cpu(caplog):
+def test_half_precision_falls_back_to_fp32_on_a_cpu_without_it(caplog, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
     with caplog.at_level(logging.WARNING):
         assert effective_precision("fp16", torch.device("cpu")) == "fp32"
         assert effective_precision("bf16", torch.device("cpu")) == "fp32"
-    assert "needs a CUDA device" in caplog.text
+    assert "CPU that computes it natively (AVX512-BF16 or AMX)" in caplog.text
+    assert "(AMX-FP16)" in caplog.text
     assert effective_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize("feature", ["_is_avx512_bf16_supported", "_is_amx_tile_supported"])
+def test_bf16_runs_on_a_cpu_that_computes_it(monkeypatch, feature):
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda check=check: check == feature)
+    assert effective_precision("bf16", torch.device("cpu")) == "bf16"
+    assert cpu_computes("bf16")
+
+
+def test_cpu_feature_checks_missing_from_torch_mean_fp32(monkeypatch):
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
+        monkeypatch.delattr(torch.cpu, check, raising=False)
+    assert effective_precision("bf16", torch.device("cpu")) == "fp32"
+    assert effective_precision("fp16", torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.skipif(not cpu_computes("bf16"), reason="this CPU has no native bf16")
+def test_bf16_on_this_cpu_runs_the_model_under_autocast(tiny_options):
+    loaded = load_model(dataclasses.replace(tiny_options(CHEAP), precision="bf16"))
+    assert loaded.precision == "bf16"
+    detector = Detector(loaded.model, loaded.device, loaded.precision, score_threshold=0.0, max_detections=5)
+    image = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8)
+    (output,) = detector([image])
+    assert output.boxes.dtype == np.float32 and output.scores.dtype == np.float32
+    assert len(output) > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
