@@ -112,6 +112,7 @@ def metrics_object(run_id: str, shard_index: int, table: pa.Table) -> dict:
         "random_weights": False, "error_counts": json.dumps({"decode_error": failed}),
         "attempt": 1, "resumed_images": 0, "preemptions": 0, "earlier_attempts_s": 0.0,
         "devices": json.dumps([{"device": "cuda:0", "images": table.num_rows, "batches": 1, "busy_fraction": 0.88}]),
+        "fast_paths": json.dumps({"channels_last": False, "compile": "off"}),
     }  # fmt: skip
     assert list(values) == schema.column_names(schema.SHARD_METRICS)
     return values

@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="NHWC convolution weights (a fast path; see BENCHMARKS.md)",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbone, dynamic shapes, eager if compiling fails (a fast path; BENCHMARKS.md)",
+    )
+    p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="fp32",
@@ -227,6 +232,7 @@ def parse_job(argv: Sequence[str] | None = None) -> ShardJob:
         commit=CommitPolicy(every_images=args.commit_every, every_s=args.commit_every_s),
         devices=args.devices,
         channels_last=args.channels_last,
+        compile=args.compile,
     )
 
 

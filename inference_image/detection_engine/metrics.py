@@ -141,6 +141,7 @@ def shard_metrics(
     attempt: int = 1,
     preemptions: int = 0,
     earlier_attempts_s: float = 0.0,
+    fast_paths: dict | None = None,
 ) -> dict:
     """Counts cover the whole shard (`resumed_errors`: the error of each image earlier attempts committed);
     timings, batches and images/s cover the work of this attempt."""
@@ -186,6 +187,7 @@ def shard_metrics(
         "preemptions": preemptions,
         "earlier_attempts_s": earlier_attempts_s,
         "devices": json.dumps(outcome.devices),
+        "fast_paths": json.dumps(fast_paths or {}),
     }
     if set(metrics) != set(METRIC_KEYS):
         raise AssertionError(

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import torch
 
+from detection_engine import fast_paths
 from detection_engine.inference import Detections, Detector, Failed
 from detection_engine.models import LoadedModel, ModelOptions, effective_precision, load_model
 
@@ -45,16 +46,17 @@ class DeviceStats:
 
 
 def load_replicas(
-    options: ModelOptions, devices: Sequence[torch.device], channels_last: bool = False
+    options: ModelOptions,
+    devices: Sequence[torch.device],
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> list[LoadedModel]:
     """The model loaded once (on the first device) and copied to the others; `load_s` is each one's share.
 
-    `channels_last` stores the convolution weights NHWC, which cuDNN and oneDNN run faster on some hardware;
-    detections are unchanged up to float rounding (bench/bench_gpu.py measures both).
+    The fast paths (fast_paths.py) are applied to each replica on its own device; each compiles its own
+    backbone at its first batch.
     """
     first = load_model(dataclasses.replace(options, device=str(devices[0])))
-    if channels_last:
-        first.model.to(memory_format=torch.channels_last)
     replicas = [first]
     for device in devices[1:]:
         started = time.perf_counter()
@@ -64,6 +66,8 @@ def load_replicas(
         replicas.append(
             dataclasses.replace(first, model=model, device=device, precision=precision, load_s=load_s)
         )
+    for replica in replicas:
+        fast_paths.apply(replica.model, channels_last=channels_last, compile=compile)
     return replicas
 
 

@@ -112,6 +112,13 @@ SHARD_METRICS: tuple[Field, ...] = (
         "NULLABLE",
         "JSON list, one object per model replica: device, images, batches, busy_fraction (of the data path)",
     ),
+    # Appended (additive): the fast-path switches, as they ran (detection_engine.fast_paths).
+    _f(
+        "fast_paths",
+        "STRING",
+        "NULLABLE",
+        'JSON object: channels_last (bool), compile ("on", "off" or "eager fallback: <why>")',
+    ),
 )
 
 RUNS: tuple[Field, ...] = (

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
-from detection_engine import layout
+from detection_engine import fast_paths, layout
 from detection_engine.devices import AUTO, resolve_devices
 from detection_engine.fetch import read_shard_manifest
 from detection_engine.metrics import UtilizationSampler, shard_metrics
@@ -43,7 +43,8 @@ class ShardJob:
     log_interval_s: float = 30.0
     commit: CommitPolicy = CommitPolicy()  # parts: what a killed or preempted attempt keeps
     devices: tuple[str, ...] = (AUTO,)  # devices.parse_devices' form: one model replica each
-    channels_last: bool = False
+    channels_last: bool = False  # fast paths (fast_paths.py), off until measured
+    compile: bool = False
 
 
 def read_manifest(uri: str) -> list[str]:
@@ -69,7 +70,9 @@ def run_shard(job: ShardJob, stop: Callable[[], bool] | None = None) -> dict:
     uris = read_manifest(job.manifest)
     log.info("shard %d: %d images from %s", job.shard_index, len(uris), job.manifest)
 
-    replicas = load_replicas(job.model, resolve_devices(job.devices), job.channels_last)
+    replicas = load_replicas(
+        job.model, resolve_devices(job.devices), channels_last=job.channels_last, compile=job.compile
+    )
     # The run's one model and weights; its load time is the first load plus the copies to other devices.
     loaded = dataclasses.replace(replicas[0], load_s=sum(r.load_s for r in replicas))
     log.info(
@@ -119,6 +122,7 @@ def run_shard(job: ShardJob, stop: Callable[[], bool] | None = None) -> dict:
         finished_at=finished_at,
         wall_s=wall_s,
         gpu_utilization=utilization.mean,
+        fast_paths=fast_paths.describe([r.model for r in replicas]),
         **resume.metrics_fields(),
     )
     write_atomic(results_uri, parquet_bytes(resume.union(results_table(outcome.results, context))))

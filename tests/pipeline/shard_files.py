@@ -136,6 +136,7 @@ def shard_metrics(
         "preemptions": 0,
         "earlier_attempts_s": 0.0,
         "devices": json.dumps([{"device": "cuda:0", "images": images, "batches": 1, "busy_fraction": 0.8}]),
+        "fast_paths": json.dumps({"channels_last": False, "compile": "off"}),
     }
     unknown = overrides.keys() - metrics.keys()
     assert not unknown, f"not SHARD_METRICS keys: {unknown}"

@@ -114,6 +114,7 @@ def shard_metrics(
         "preemptions": 0,
         "earlier_attempts_s": 0.0,
         "devices": "[]",
+        "fast_paths": "{}",
     }
     metrics.update(overrides)
     return _check_keys(metrics, schema.SHARD_METRICS)
