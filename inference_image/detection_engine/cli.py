@@ -97,6 +97,18 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _switch(text: str) -> bool:
+    """A fast-path switch: bare `--flag` is on; `--flag=true|false` is how the launchers spell it."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+
+
 def _sha256(text: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         raise argparse.ArgumentTypeError("must be 64 hexadecimal digits")
@@ -136,12 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--channels-last",
-        action="store_true",
+        type=_switch,
+        nargs="?",
+        const=True,
+        default=False,
         help="NHWC convolution weights (a fast path; see BENCHMARKS.md)",
     )
     p.add_argument(
         "--compile",
-        action="store_true",
+        type=_switch,
+        nargs="?",
+        const=True,
+        default=False,
         help="torch.compile the backbone, dynamic shapes, eager if compiling fails (a fast path; BENCHMARKS.md)",
     )
     p.add_argument(

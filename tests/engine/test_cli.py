@@ -188,6 +188,7 @@ def _user_error(capsys) -> str:
         ({"--score-threshold": "1.5"}, "--score-threshold: must be between 0 and 1"),
         ({"--weights-sha256": "abc"}, "--weights-sha256: must be 64 hexadecimal digits"),
         ({"--precision": "int8"}, "--precision: invalid choice"),
+        ({"--compile": "maybe"}, "--compile: must be true or false, got 'maybe'"),
         ({"--min-size": "200"}, "--min-size 200 is larger than --max-size 160"),
     ],
 )
@@ -196,6 +197,14 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, manifest, capsys, change, 
     args += [f"{flag}={value}" for flag, value in change.items()]
     assert cli.main(args) == cli.EXIT_USAGE
     assert message in _user_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("spelled", "on"),
+    [([], False), (["--compile"], True), (["--compile=true"], True), (["--compile=False"], False)],
+)
+def test_a_fast_path_switch_is_off_unless_given_bare_or_true(tmp_path, manifest, spelled, on):
+    assert cli.parse_job([*_tiny_args(tmp_path, manifest[0]), *spelled]).compile is on
 
 
 def test_missing_required_argument_exits_2(capsys):

@@ -82,6 +82,8 @@ def test_arguments_are_a_list_of_one_flag_with_its_value_each():
         "--min-size": "96",
         "--max-size": "128",
         "--precision": "bf16",
+        "--channels-last": "false",  # the fast-path switches, spelled out
+        "--compile": "false",
         "--max-image-bytes": str(64 * 1024 * 1024),  # the read bounds, at their defaults
         "--connect-timeout-s": "10.0",
         "--read-timeout-s": "30.0",
@@ -93,7 +95,8 @@ def test_every_engine_option_of_the_config_reaches_the_engine_with_its_value():
     config = _config()
     passed = _as_dict(_args(config))
     for field, flag in ENGINE_OPTIONS.items():
-        assert passed[flag] == str(getattr(config, field)), field
+        value = getattr(config, field)
+        assert passed[flag] == (str(value).lower() if isinstance(value, bool) else str(value)), field
 
 
 def test_unset_optional_options_are_left_to_the_engine_defaults():
@@ -155,3 +158,13 @@ def test_the_engine_parses_every_argument_back_to_the_config_value():
         config.max_size,
         config.precision,
     )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_fast_path_switches_reach_the_engine_as_set(channels_last, compile):
+    from detection_engine.cli import parse_job
+
+    job = parse_job(_args(_config(channels_last=channels_last, compile=compile)))
+
+    assert (job.channels_last, job.compile) == (channels_last, compile)

@@ -23,6 +23,8 @@ ENGINE_OPTIONS: dict[str, str] = {
     "min_size": "--min-size",
     "max_size": "--max-size",
     "precision": "--precision",
+    "channels_last": "--channels-last",
+    "compile": "--compile",
     "max_image_bytes": "--max-image-bytes",
     "connect_timeout_s": "--connect-timeout-s",
     "read_timeout_s": "--read-timeout-s",
@@ -78,6 +80,8 @@ def engine_arguments(
     )
     for field, flag in ENGINE_OPTIONS.items():
         value = values[field]
+        if isinstance(value, bool):  # a switch, spelled --flag=true|false so every element is flag=value
+            value = "true" if value else "false"
         if value is not None:
             args.append(_option(flag, value))
     return args
