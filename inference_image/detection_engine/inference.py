@@ -1,4 +1,5 @@
-"""One batch through the model: device copy, autocast, inference mode, threshold and cap, OOM halving.
+"""One batch through the model: device copy, autocast (box coordinates kept in fp32: box_precision.py),
+inference mode, threshold and cap, OOM halving.
 
 torchvision detectors already map boxes back to each input image's pixels; what is left here is the engine's
 score threshold and detection cap, applied on the device before one copy back to the host per tensor.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from detection_engine.box_precision import keep_boxes_in_fp32
 from detection_engine.decode import redact
 from detection_engine.preprocess import model_input
 
@@ -62,6 +64,8 @@ class Detector:
         self.model = model
         self.device = device
         self.precision = precision
+        if precision in _AUTOCAST_DTYPES and isinstance(model, torch.nn.Module):
+            keep_boxes_in_fp32(model)  # reduced precision for the convolutions, not for coordinates
         self.score_threshold = score_threshold
         self.max_detections = max_detections
         self.oom_splits = 0
