@@ -44,9 +44,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from box_map import box_map  # noqa: E402
 
+from detection_engine import fast_paths  # noqa: E402
 from detection_engine.inference import Detections, Detector  # noqa: E402
 from detection_engine.metrics import device_info  # noqa: E402
-from detection_engine.models import ModelOptions, load_model  # noqa: E402
+from detection_engine.models import ModelOptions, cpu_computes, effective_precision, load_model  # noqa: E402
 from detection_engine.pipeline import PipelineOptions, run_pipeline  # noqa: E402
 
 # Photo shapes (width, height): 4:3 and 16:9 both ways, so batches mix aspect ratios as real buckets do.
@@ -101,11 +102,20 @@ class PeakRss:
         return self.peak / 1e6
 
 
-def naive_loop(model, paths: list[str]) -> list[Detections]:
+# The agreement noise floor: fp32 on the same pixels plus Gaussian noise of half a grey level, a change
+# nobody can see (JPEG's own rounding is larger). How far that moves the detections says how stable the
+# weights' detections are at all; a fast path's mAP is read against it.
+NOISE_STD = 0.5 / 255
+
+
+def naive_loop(model, paths: list[str], noise_std: float = 0.0) -> list[Detections]:
     out = []
+    generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for path in paths:
             image = to_tensor(Image.open(path).convert("RGB"))
+            if noise_std:
+                image = (image + torch.randn(image.shape, generator=generator) * noise_std).clamp(0, 1)
             (result,) = model([image])
             keep = result["scores"] > SCORE_THRESHOLD
             out.append(
@@ -127,10 +137,21 @@ def same(a: Detections, b: Detections) -> bool:
     )
 
 
+# The engine's fast paths (fast_paths.py, --precision), each timed as the engine at batch 1: name -> the
+# switches. bf16 runs only where this CPU computes it natively (models.cpu_computes).
+FAST_PATHS = {
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": True},
+    "compile+channels_last": {"compile": True, "channels_last": True},
+    "bf16+channels_last": {"channels_last": True, "precision": "bf16"},
+    "bf16+compile+channels_last": {"compile": True, "channels_last": True, "precision": "bf16"},
+}
+
+
 @dataclass
 class Config:
     size: str
-    mode: str  # naive | engine | channels_last (an experiment: the engine with the model in NHWC layout)
+    mode: str  # naive | engine | a FAST_PATHS name (the engine with that fast path on)
     batch_size: int = 1
     group_window: int = 1
 
@@ -141,8 +162,24 @@ class Config:
         grouping = ""
         if self.batch_size > 1:
             grouping = " grouped" if self.group_window > 1 else ", no grouping"
-        experiment = ", channels_last (experiment)" if self.mode == "channels_last" else ""
+        experiment = f", {self.mode}" if self.mode in FAST_PATHS else ""
         return f"engine b={self.batch_size}{grouping}{experiment}"
+
+
+def fast_detector(loaded, name: str, warm_up: list[str]) -> tuple[Detector, float]:
+    """A Detector with the fast path `name` on a copy of the model, and the seconds its first image took
+    (compiling happens there: a per-shard cost, like model load, kept out of the per-image figures)."""
+    switches = FAST_PATHS[name]
+    model = fast_paths.apply(
+        copy.deepcopy(loaded.model),
+        channels_last=switches.get("channels_last", False),
+        compile=switches.get("compile", False),
+    )
+    precision = effective_precision(switches.get("precision", "fp32"), loaded.device)
+    detector = Detector(model, loaded.device, precision, SCORE_THRESHOLD, MAX_DETECTIONS)
+    started = time.perf_counter()
+    run_pipeline(warm_up, detector, PipelineOptions(batch_size=1, fetch_workers=1, decode_workers=1))
+    return detector, time.perf_counter() - started
 
 
 def run_config(
@@ -176,10 +213,17 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also time the NHWC experiment",
+        "--fast-paths",
+        nargs="*",
+        choices=sorted(FAST_PATHS),
+        default=["channels_last"],
+        help="also time the engine with each of these fast paths (bf16 ones only where the CPU computes bf16)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="none",
+        help="none (seeded random init, the default: speed is the same) or a state dict path, e.g. one from "
+        "bench/fitted_weights.py, whose confident detections make the agreement column meaningful",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -188,6 +232,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     records = []
+    noise_floor: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         for size, (min_size, max_size) in SIZES.items():
             count = args.images if size.startswith("default") else args.small_images
@@ -195,7 +240,7 @@ def main() -> int:
             loaded = load_model(
                 ModelOptions(
                     args.model,
-                    weights="none",
+                    weights=args.weights,
                     seed=0,
                     device="cpu",
                     min_size=min_size,
@@ -204,17 +249,20 @@ def main() -> int:
                     max_detections=MAX_DETECTIONS,
                 )
             )
-            nhwc = copy.deepcopy(loaded.model).to(memory_format=torch.channels_last)
             detectors = {
                 "engine": Detector(loaded.model, loaded.device, "fp32", SCORE_THRESHOLD, MAX_DETECTIONS),
-                "channels_last": Detector(nhwc, loaded.device, "fp32", SCORE_THRESHOLD, MAX_DETECTIONS),
             }
+            first_image_s: dict[str, float] = {}
             configs = [Config(size, "naive")]
             configs += [Config(size, "engine", b, 4) for b in args.batch_sizes]
             # Grouping off at the largest batch size, for its effect on speed and detections.
             configs += [Config(size, "engine", b, 1) for b in args.batch_sizes[-1:] if b > 1]
-            if args.channels_last:
-                configs.append(Config(size, "channels_last", 1))
+            for name in args.fast_paths:
+                if FAST_PATHS[name].get("precision") == "bf16" and not cpu_computes("bf16"):
+                    print(f"skipping {name}: this CPU has no native bf16", file=sys.stderr)
+                    continue
+                detectors[name], first_image_s[name] = fast_detector(loaded, name, paths[:1])
+                configs.append(Config(size, name, 1))
 
             times: dict[str, list[float]] = {c.label: [] for c in configs}
             cpu: dict[str, list[float]] = {c.label: [] for c in configs}
@@ -240,6 +288,7 @@ def main() -> int:
                     )
 
             reference = found["naive loop"]
+            noise_floor[size] = box_map(reference, naive_loop(loaded.model, paths, NOISE_STD))
             naive_median = statistics.median(times["naive loop"])
             naive_cpu = statistics.median(cpu["naive loop"])
             if not any(len(d) for d in reference):
@@ -268,6 +317,9 @@ def main() -> int:
                         # COCO box mAP with the naive loop's detections as ground truth (1.0: the same).
                         "map_vs_naive": box_map(reference, found[config.label]),
                         "detections": sum(len(d) for d in found[config.label]),
+                        "first_image_s": round(first_image_s[config.mode], 1)
+                        if config.mode in first_image_s
+                        else None,
                     }
                 )
 
@@ -279,9 +331,10 @@ def main() -> int:
         "torchvision": torchvision.__version__,
         "torch_threads": torch.get_num_threads(),
         "model": args.model,
-        "weights": "random init, seed 0",
+        "weights": "random init, seed 0" if args.weights == "none" else f"state dict {args.weights}",
         "runs": args.runs,
         "results": records,
+        "noise_floor_map": noise_floor,
     }
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -296,8 +349,9 @@ def markdown(report: dict) -> str:
         f"({report['torch_threads']} threads); median of {report['runs']} runs",
         "",
         "| size | configuration | images | median wall s | images/s | vs naive (wall) | CPU s/image "
-        "| vs naive (CPU) | model busy | peak RSS MB | same detections as naive | mAP vs naive |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs naive (CPU) | model busy | peak RSS MB | same detections as naive | mAP vs naive "
+        "| first image s (compiles) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         busy = "" if r["model_busy"] is None else f"{r['model_busy']:.2f}"
@@ -305,8 +359,16 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['size']} | {r['config']} | {r['images']} | {r['median_s']} | {r['images_per_s']} | "
             f"{r['speedup']}x | {r['cpu_s_per_image']} | {r['cpu_speedup']}x | {busy} | {r['peak_rss_mb']} | "
-            f"{r['identical_to_naive']} | {agreement} |"
+            f"{r['identical_to_naive']} | {agreement} | {r['first_image_s'] or ''} |"
         )
+    floors = ", ".join(
+        f"{size}: {value:.4f}" for size, value in report["noise_floor_map"].items() if value is not None
+    )
+    lines += [
+        "",
+        f"Noise floor (mAP of fp32 on the same images plus Gaussian noise of sigma {NOISE_STD * 255:.1f} grey "
+        f"levels, against fp32 without): {floors or 'n/a'}",
+    ]
     return "\n".join(lines)
 
 

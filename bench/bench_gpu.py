@@ -6,8 +6,8 @@ Measured, each with the engine's code (`load_replicas`, `Detector`, `run_pipelin
    decode and inference overlapped as in a shard), with the share of wall time the model is busy
    (`infer_s / wall_s`, the engine's own `model_busy_fraction`), mean GPU utilisation (NVML) and peak memory;
 2. agreement with the fp32 default (fp32 at the auto batch), its detections taken as ground truth: COCO box
-   mAP (bench/box_map.py) of every row and of each fast path (channels_last in fp32 and at the fastest reduced
-   precision); targets: fp32 variants >= 0.99, reduced precision >= 0.95. Also the older F1 (same label,
+   mAP (bench/box_map.py) of every row and of each fast path (the engine's `--channels-last` and `--compile`,
+   in fp32 and at the fastest reduced precision; compiling is timed apart, in the warm-up); targets: fp32 variants >= 0.99, reduced precision >= 0.95. Also the older F1 (same label,
    IoU >= 0.5) against fp32 at the same batch size;
 3. decode: the engine's CPU decode (Pillow on its decode threads) against nvJPEG (`torchvision.io.decode_jpeg`
    on the GPU), decode alone and feeding the same `Detector`. GPU decode is not an engine option: this says
@@ -16,11 +16,15 @@ Measured, each with the engine's code (`load_replicas`, `Detector`, `run_pipelin
    path, results Parquet written) at the fastest reduced precision and batch size, on `--devices cuda:0` and on
    `--devices auto` (every visible GPU, one model replica each).
 
-Weights: torchvision's COCO weights when they are in the torch hub cache, else `--weights PATH` (a state dict),
-else random weights (speed is the same; agreement then has no detections to compare, and says so).
+Weights: `--weights` when given (DEFAULT, a state dict path, `fitted`, or `none` for random init), else
+torchvision's COCO weights when they are in the torch hub cache, else `fitted`: the random backbone with its
+heads fitted to generated pictures on the device first (bench/fitted_weights.py, 300 steps). Speed is the same
+with any weights; a random model's hundreds of near-tied scores make agreement figures meaningless, a fitted
+one's detections are confident and separated like a trained model's.
 
     .venv/bin/python bench/bench_gpu.py --out gpu.json               # on a CUDA machine
     .venv/bin/python bench/bench_gpu.py --quick --out gpu.json       # <= 6 min on one H200: BENCHMARKS.md's tables
+    .venv/bin/python bench/bench_gpu.py --quick --no-compile         # the same without the two compiles
     .venv/bin/python bench/bench_gpu.py --allow-cpu                  # tiny smoke run on CPU: the script works
 
 Without CUDA the script refuses (exit 2) unless `--allow-cpu`, which runs it tiny (16 images at ~100 px, model
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -52,6 +57,7 @@ from common import ROOT, add_source_paths, load_average, markdown_table, write_i
 
 add_source_paths()
 
+import fitted_weights  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
@@ -59,6 +65,7 @@ from box_map import box_map  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
 from torchvision.models import get_model_weights  # noqa: E402
 
+from detection_engine import fast_paths as engine_fast_paths  # noqa: E402
 from detection_engine.auto_batch import AUTO, choose_batch_size, parse_batch_size  # noqa: E402
 from detection_engine.decode import DEFAULT_MAX_PIXELS, decode_image  # noqa: E402
 from detection_engine.fetch import fetch_bytes  # noqa: E402
@@ -84,6 +91,7 @@ SMOKE_SHAPES = [(128, 96), (96, 128), (112, 112)]
 MATCH_IOU = 0.5
 TARGET_BUSY, TARGET_IMAGES_PER_S = 0.90, 400.0
 TARGET_MAP = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.95}  # COCO box mAP against the fp32 default's detections
+FITTED, FITTED_STEPS = "fitted", 300
 QUICK_IMAGES, QUICK_BATCH_SIZES = 384, [AUTO, 8, 16]
 
 
@@ -141,18 +149,37 @@ def plan(args: argparse.Namespace) -> Plan:
 
 
 def choose_weights(requested: str | None) -> str:
-    """The COCO weights when cached (no network on GPU machines), else what was asked, else random."""
+    """What was asked, else the COCO weights when cached (no network on GPU machines), else `fitted`."""
     if requested:
         return requested
     url = get_model_weights(MODEL).DEFAULT.url
     if (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).exists():
         return "DEFAULT"
     print(
-        f"bench_gpu: {MODEL} COCO weights are not in {torch.hub.get_dir()}; using random weights (same speed; "
-        "precision agreement needs real detections: pass --weights /path/to/state_dict.pth)",
+        f"bench_gpu: {MODEL} COCO weights are not in {torch.hub.get_dir()}; fitting heads to generated "
+        "pictures instead (bench/fitted_weights.py: same speed, confident detections for the agreement figures)",
         file=sys.stderr,
     )
-    return "none"
+    return FITTED
+
+
+def materialise_weights(p: Plan, workdir: Path) -> Plan:
+    """`fitted` made into a state dict file the engine loads like any other (on the device: seconds)."""
+    if p.weights != FITTED:
+        return p
+    started = time.perf_counter()
+    state = fitted_weights.fit(
+        steps=3 if p.smoke else FITTED_STEPS,
+        seed=0,
+        min_size=512,
+        max_size=853,
+        device=str(p.device),
+        log=lambda m: None,
+    )
+    path = workdir / "fitted.pth"
+    torch.save(state, path)
+    print(f"bench_gpu: fitted weights in {time.perf_counter() - started:.0f} s: {path}", file=sys.stderr)
+    return dataclasses.replace(p, weights=str(path))
 
 
 # -- 1 and 2: throughput, model busy, agreement -----------------------------------------------------
@@ -215,35 +242,53 @@ def _map(reference: list, candidate: list) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def fast_paths(p: Plan, loaded, uris: list[str], default: list, fastest: dict) -> list[dict]:
-    """Each fast path switched on alone, at the auto batch, scored against the fp32 default's detections."""
-    nhwc = copy.deepcopy(loaded.model).to(memory_format=torch.channels_last)
+# The engine's model-side fast paths (detection_engine.fast_paths, as `--channels-last` / `--compile` switch
+# them), each timed at the auto batch: name -> (channels_last, compile, precision: "fp32" | "fastest").
+FAST_PATHS = [
+    ("channels_last", True, False, "fp32"),
+    ("channels_last", True, False, "fastest"),
+    ("compile", False, True, "fp32"),
+    ("compile + channels_last", True, True, "fastest"),
+]
+
+
+def fast_paths(
+    p: Plan, loaded, uris: list[str], default: list, fastest: dict, compile: bool = True
+) -> list[dict]:
+    """Each fast path on a copy of the model, at the auto batch, scored against the fp32 default's
+    detections. The compiled rows' warm-up is where compiling happens: reported apart (a per-shard cost)."""
     rows = []
-    for name, model, precision in [
-        ("channels_last", nhwc, "fp32"),
-        (f"channels_last + {fastest['precision']}", nhwc, fastest["ran_as"]),
-    ]:
+    for name, channels_last, compiled, which in FAST_PATHS:
+        if compiled and not compile:
+            continue
+        precision = fastest["ran_as"] if which == "fastest" else "fp32"
+        model = engine_fast_paths.apply(copy.deepcopy(loaded.model), channels_last, compiled)
         detector = Detector(model, p.device, precision, p.score_threshold, 50)
         options = PipelineOptions(
             batch_size=choose_batch_size(AUTO, [detector]),
             fetch_workers=p.fetch_workers,
             decode_workers=p.decode_workers,
         )
-        run_pipeline(uris[: max(2 * options.batch_size, 8)], detector, options)  # warm-up
+        started = time.perf_counter()
+        run_pipeline(uris[: max(2 * options.batch_size, 8)], detector, options)  # warm-up (compiles)
+        warm_up_s = time.perf_counter() - started
         outcome = run_pipeline(uris, detector, options)
+        ran = engine_fast_paths.describe([model])
+        label = name if precision == "fp32" else f"{name} + {precision}"
         rows.append(
             {
-                "fast_path": name,
+                "fast_path": label + ("" if ran["compile"] in ("on", "off") else f" ({ran['compile']})"),
                 "precision": precision,
                 "batch_size": options.batch_size,
+                "warm_up_s": round(warm_up_s, 1),
                 "images_per_s": round(len(uris) / outcome.wall_s, 1),
                 "model_busy": round(outcome.infer_s / outcome.wall_s, 3),
                 "map_vs_fp32_default": _map(default, [r.detections for r in outcome.results]),
                 "target": TARGET_MAP[precision],
             }
         )
-        print(f"  fast path {name}: {rows[-1]['images_per_s']} images/s", file=sys.stderr)
-    del nhwc
+        print(f"  fast path {label}: {rows[-1]['images_per_s']} images/s", file=sys.stderr)
+        del detector, model
     return rows
 
 
@@ -481,12 +526,21 @@ def markdown(report: dict) -> str:
         ],
     )
     paths = markdown_table(
-        ["fast path", "precision", "batch", "images/s", "model busy", "mAP vs fp32 default"],
+        [
+            "fast path",
+            "precision",
+            "batch",
+            "warm-up s (compiles)",
+            "images/s",
+            "model busy",
+            "mAP vs fp32 default",
+        ],
         [
             [
                 r["fast_path"],
                 r["precision"],
                 r["batch_size"],
+                r["warm_up_s"],
                 r["images_per_s"],
                 f"{r['model_busy']:.0%}",
                 _map_cell(r["map_vs_fp32_default"], r["target"]),
@@ -623,7 +677,7 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=None, help="default 3 (--quick: 1)")
     parser.add_argument(
-        "--weights", default=None, help="DEFAULT | state dict path | none (default: see above)"
+        "--weights", default=None, help="DEFAULT | fitted | state dict path | none (default: see above)"
     )
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument(
@@ -632,6 +686,12 @@ def main() -> int:
     parser.add_argument("--max-size", type=int, default=None)
     parser.add_argument("--fetch-workers", type=int, default=None, help="default: the engine's")
     parser.add_argument("--decode-workers", type=int, default=None, help="default: the engine's")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the --compile fast paths (each compiles at its warm-up: about a minute; --no-compile skips them)",
+    )
     parser.add_argument(
         "--allow-cpu", action="store_true", help="without CUDA, run a tiny smoke version on CPU"
     )
@@ -655,6 +715,7 @@ def main() -> int:
 
     p = plan(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    p = materialise_weights(p, workdir)
     print(f"bench_gpu: {'smoke run on CPU' if p.smoke else p.device}; workdir {workdir}", file=sys.stderr)
     images = write_images(workdir / "images", p.images, p.shapes, seed=0)
     uris = [str(path) for path in images.good]
@@ -670,7 +731,7 @@ def main() -> int:
 
     grid, found = throughput_grid(p, loaded, uris)
     fastest = max((r for r in grid if r["precision"] != "fp32") or grid, key=lambda r: r["images_per_s"])
-    paths = fast_paths(p, loaded, uris, found[("fp32", AUTO)], fastest)
+    paths = fast_paths(p, loaded, uris, found[("fp32", AUTO)], fastest, compile=args.compile)
     detector = Detector(loaded.model, p.device, fastest["ran_as"], p.score_threshold, 50)
     try:
         decode = decode_comparison(p, detector, uris, fastest["batch_size"])
