@@ -203,6 +203,13 @@ RUNS: tuple[Field, ...] = (
         "NULLABLE",
         "Pod seconds of shard attempts that did not finish (up to their last commit); in the cost",
     ),
+    # Appended: the engine's fast paths, so runs with and without them are not compared as one.
+    _f(
+        "fast_paths",
+        "STRING",
+        "NULLABLE",
+        "JSON of the fast paths as the shards ran them (channels_last; compile on, off or eager fallback)",
+    ),
 )
 
 # The run's manifest ({run}/manifest.parquet, sorted by image_uri) and each shard's ({run}/shards/*.parquet,

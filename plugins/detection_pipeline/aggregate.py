@@ -202,6 +202,7 @@ def build_run_record(
     record["preemptions"] = sum(int(m.get("preemptions") or 0) for m in metrics)
     record["resumed_images"] = sum(int(m.get("resumed_images") or 0) for m in metrics)
     record["redone_s"] = redone_s
+    record["fast_paths"] = _across_shards(metrics, "fast_paths")
     elsewhere = [f.name for f in schema.RUNS if f.name not in record]
     unknown = sorted(set(accuracy or {}) - set(elsewhere))
     if unknown:
@@ -249,5 +250,5 @@ def _batch_weighted(metrics: Sequence[dict], key: str) -> float | None:
 def _across_shards(metrics: Sequence[dict], key: str) -> str | None:
     """The value the shards share, or, in a mixed run, their distinct values joined with " | " so the run
     record shows it was mixed (two torch versions, two GPU models) instead of picking one."""
-    values = sorted({str(m[key]) for m in metrics if m[key] is not None})
+    values = sorted({str(m[key]) for m in metrics if m.get(key) is not None})
     return " | ".join(values) if values else None

@@ -2,7 +2,7 @@
 
 A pod has a fixed cost (~6 s of start and model load, BENCHMARKS.md) and, on spot nodes, loses at most one
 part when it is reclaimed, so GPU shards should be large but not endless. `auto` takes the median
-`images_per_s_per_gpu` of the latest runs of the same model, weights, precision and hardware (machine type,
+`images_per_s_per_gpu` of the latest runs of the same model, weights, precision, fast paths and hardware (machine type,
 GPU type and count) in the warehouse, and sizes a shard to run `target_s` seconds on one pod:
 images = rate per GPU x GPUs per pod x target_s. That rate is processed images / pod GPU-seconds, model load
 included, so the pod's fixed cost is in it. Without such a run (a new model or machine, CPU runs, which record
@@ -12,6 +12,7 @@ no per-GPU rate), `auto` is the default shard size. `max_shards` still caps the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import statistics
 from collections.abc import Iterable
@@ -29,7 +30,7 @@ MAX_SHARD_SIZE = 10_000_000  # RunConfig's bound on shard_size
 
 
 def same_workload(record: dict, config: RunConfig) -> bool:
-    """A run whose speed predicts this one's: same model, weights, precision and hardware."""
+    """A run whose speed predicts this one's: same model, weights, precision, fast paths and hardware."""
     return (
         record.get("model_name") == config.model
         and record.get("weights_id") == weights_id(config.model, config.weights, config.weights_sha256)
@@ -37,7 +38,21 @@ def same_workload(record: dict, config: RunConfig) -> bool:
         and record.get("machine_type") == config.machine_type
         and record.get("gpu_type") == config.gpu_type
         and record.get("gpu_count") == config.gpu_count
+        and requested_fast_paths(record) == (config.channels_last, config.compile)
     )
+
+
+def requested_fast_paths(record: dict) -> tuple[bool, bool] | None:
+    """(channels_last, compile) a run asked for, from its `fast_paths` column (a fallback to eager was still
+    asked for); none recorded: neither (the runs before fast paths); a mixed run: None, like nothing."""
+    recorded = record.get("fast_paths")
+    if recorded is None:
+        return (False, False)
+    try:
+        ran = json.loads(recorded)
+        return (bool(ran["channels_last"]), ran["compile"] != "off")
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def measured_rate(records: Iterable[dict], config: RunConfig) -> float | None:

@@ -96,6 +96,9 @@ def work_settings(config, record: dict) -> dict:
         "max_detections": config.max_detections,
         "dedup_mode": config.dedup_mode,
     }
+    # Fast paths change the speed, which is what runs of one workload are compared by. Listed only when on,
+    # so the workload of a run without them is the one it had before they existed.
+    work |= {name: True for name in ("channels_last", "compile") if getattr(config, name)}
     if config.ground_truth_uri:  # detections are then kept down to the evaluation threshold
         work["eval_score_threshold"] = config.eval_score_threshold
     return work

@@ -372,3 +372,19 @@ def test_a_spot_run_is_priced_at_the_spot_rates(tmp_path):
     ratio = prices.spot_machines["g2-standard-8"] / prices.machines["g2-standard-8"]["usd_per_hour"]
     assert spot["estimated_cost_usd"] == pytest.approx(on_demand["estimated_cost_usd"] * ratio)
     assert spot["estimated_cost_usd"] < on_demand["estimated_cost_usd"]
+
+
+def test_the_record_says_which_fast_paths_ran_and_a_mixed_run_shows_each(tmp_path):
+    compiled = json.dumps({"channels_last": True, "compile": "on"})
+    fell_back = json.dumps({"channels_last": True, "compile": "eager fallback: InductorError: no compiler"})
+    shards = _two_gpu_shards()
+
+    same = _record(_config(tmp_path), [{**m, "fast_paths": compiled} for m in shards])
+    mixed = _record(
+        _config(tmp_path), [{**shards[0], "fast_paths": compiled}, {**shards[1], "fast_paths": fell_back}]
+    )
+    older = _record(_config(tmp_path), [{k: v for k, v in m.items() if k != "fast_paths"} for m in shards])
+
+    assert same["fast_paths"] == compiled
+    assert mixed["fast_paths"].split(" | ") == sorted([compiled, fell_back])
+    assert older["fast_paths"] is None  # metrics written before the column: nothing claimed

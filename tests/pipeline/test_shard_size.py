@@ -62,10 +62,26 @@ def test_only_runs_of_the_same_model_weights_precision_and_hardware_count():
         _record(99.0, gpu_type="nvidia-tesla-t4"),
         _record(99.0, gpu_count=2),
         _record(None),  # a CPU run records no rate per GPU
+        _record(99.0, fast_paths=COMPILED),
+        _record(99.0, fast_paths=f"{COMPILED} | {NOTHING}"),  # a mixed run predicts neither
     ]
     assert measured_rate(others, _config()) is None
     assert resolve(_config(), others).shard_size == DEFAULT_SHARD_SIZE
     assert measured_rate([*others, _record(10.0)], _config()) == 10.0
+
+
+COMPILED = '{"channels_last": false, "compile": "on"}'
+NOTHING = '{"channels_last": false, "compile": "off"}'
+
+
+def test_runs_count_for_the_fast_paths_they_asked_for_even_where_compiling_fell_back():
+    fell_back = '{"channels_last": false, "compile": "eager fallback: InductorError: no compiler"}'
+    records = [_record(10.0), _record(11.0, fast_paths=NOTHING), _record(40.0, fast_paths=COMPILED)]
+    records.append(_record(42.0, fast_paths=fell_back))
+
+    assert measured_rate(records, _config()) == 10.5  # none recorded (older runs) or "off": the same
+    assert measured_rate(records, _config(compile=True)) == 41.0
+    assert measured_rate(records, _config(channels_last=True)) is None
 
 
 def test_only_the_latest_runs_count():

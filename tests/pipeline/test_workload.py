@@ -113,3 +113,7 @@ def test_run_record_carries_a_workload_id_that_ignores_versions_but_not_the_work
     assert _record(_config(tmp_path, images, min_size=480), uri)["workload_id"] != record["workload_id"]
     other_machine = _config(tmp_path, images, min_size=320, machine_type="n1-standard-8")
     assert _record(other_machine, uri)["workload_id"] != record["workload_id"]
+    # a fast path changes the speed runs are compared by: another workload, one per switch
+    compiled = _record(_config(tmp_path, images, min_size=320, compile=True), uri)["workload_id"]
+    nhwc = _record(_config(tmp_path, images, min_size=320, channels_last=True), uri)["workload_id"]
+    assert len({compiled, nhwc, record["workload_id"]}) == 3

@@ -19,6 +19,7 @@ _VERSIONS = (
     ("random weights", "random_weights"),
     ("precision", "precision"),
     ("batch size", "batch_size"),
+    ("fast paths", "fast_paths"),
     ("torch", "torch_version"),
     ("torchvision", "torchvision_version"),
     ("CUDA", "cuda_version"),
