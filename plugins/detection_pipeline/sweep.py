@@ -60,6 +60,8 @@ PASS_THROUGH = (
     "max_size",
     "ground_truth_uri",
     "eval_score_threshold",
+    "channels_last",  # the fast paths: every run of the sweep with the same switches
+    "compile",
 )
 
 # The weights `ModelSpec.published_box_map` was measured with.

@@ -105,6 +105,13 @@ def test_one_run_per_model_and_precision_models_outermost():
     assert runs[0]["trigger_run_id"] == f"sweep__{SWEEP_RUN}__ssd300_vgg16__fp16"
 
 
+def test_the_fast_path_switches_reach_every_run():
+    runs = plan_runs({**sweep_conf(precisions=["fp32", "bf16"]), "compile": True}, SWEEP_RUN)
+
+    assert runs and all(r["conf"]["compile"] is True for r in runs)
+    assert all("channels_last" not in r["conf"] for r in runs)  # not given: the batch DAG's default
+
+
 def test_run_ids_are_the_same_on_a_re_run_and_unique_across_sweeps_and_combinations():
     conf = sweep_conf(precisions=["fp32", "bf16"])
     first, again = plan_runs(conf, SWEEP_RUN), plan_runs(conf, SWEEP_RUN)
