@@ -98,6 +98,13 @@ def _non_negative_float(text: str) -> float:
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_FAST_PATH_SWITCHES = (
+    ("--channels-last", "NHWC convolution weights (a fast path; see BENCHMARKS.md)"),
+    (
+        "--compile",
+        "torch.compile the backbone, dynamic shapes, eager if compiling fails (a fast path; BENCHMARKS.md)",
+    ),
+)
 
 
 def _switch(text: str) -> bool:
@@ -146,22 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=(AUTO,),
         help="auto (every visible GPU, else the CPU) or a list such as cuda:0,cuda:1; one model replica each",
     )
-    p.add_argument(
-        "--channels-last",
-        type=_switch,
-        nargs="?",
-        const=True,
-        default=False,
-        help="NHWC convolution weights (a fast path; see BENCHMARKS.md)",
-    )
-    p.add_argument(
-        "--compile",
-        type=_switch,
-        nargs="?",
-        const=True,
-        default=False,
-        help="torch.compile the backbone, dynamic shapes, eager if compiling fails (a fast path; BENCHMARKS.md)",
-    )
+    for flag, what in _FAST_PATH_SWITCHES:  # bare flag: on; --flag=true|false: as said
+        p.add_argument(flag, type=_switch, nargs="?", const=True, default=False, metavar="BOOL", help=what)
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
