@@ -7,8 +7,9 @@ Measured, each with the engine's code (`load_replicas`, `Detector`, `run_pipelin
    (`infer_s / wall_s`, the engine's own `model_busy_fraction`), mean GPU utilisation (NVML) and peak memory;
 2. agreement with the fp32 default (fp32 at the auto batch), its detections taken as ground truth: COCO box
    mAP (bench/box_map.py) of every row and of each fast path (the engine's `--channels-last` and `--compile`,
-   in fp32 and at the fastest reduced precision; compiling is timed apart, in the warm-up); targets: fp32 variants >= 0.99, reduced precision >= 0.95. Also the older F1 (same label,
-   IoU >= 0.5) against fp32 at the same batch size;
+   in fp32 and at the fastest reduced precision; compiling is timed apart, in the warm-up); targets: fp32
+   variants >= 0.99, reduced precision >= 0.95. Also the older F1 (same label, IoU >= 0.5) against fp32 at
+   the same batch size;
 3. decode: the engine's CPU decode (Pillow on its decode threads) against nvJPEG (`torchvision.io.decode_jpeg`
    on the GPU), decode alone and feeding the same `Detector`. GPU decode is not an engine option: this says
    whether it would be worth adding;

@@ -42,7 +42,8 @@ SHAPES = [(640, 480), (480, 640), (800, 600), (600, 800), (720, 540)]
 def picture(
     rng: np.random.Generator, width: int, height: int, objects: int = 4
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A smooth colour field with `objects` solid, rectangles (a later one may cover part of an earlier one, as objects occlude): HxWx3 uint8 and (n, 4) boxes."""
+    """A smooth colour field with `objects` solid rectangles (a later one may cover part of an earlier one,
+    as objects occlude): HxWx3 uint8 and (n, 4) boxes."""
     coarse = rng.integers(0, 256, (max(1, height // 32), max(1, width // 32), 3), dtype=np.uint8)
     pixels = np.array(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
     boxes = []

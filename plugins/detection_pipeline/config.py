@@ -65,6 +65,11 @@ def _field(description: str, schema: dict, default: Any = dataclasses.MISSING, h
     return field(default=default, metadata={"description": description, "schema": schema, "hint": hint})
 
 
+# The RunConfig fields that switch the engine's fast paths (detection_engine/fast_paths.py): they change a
+# run's speed, not what it computes beyond rounding.
+FAST_PATH_FIELDS = ("channels_last", "compile")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     input_uri: str = _field(
@@ -147,14 +152,14 @@ class RunConfig:
         default="fp32",
     )
     channels_last: bool = _field(
-        "Store the model's convolution weights NHWC, a fast path: on a CPU 1.3x at 800 px with the same "
+        "Store the model's convolution weights NHWC, a fast path: on a CPU 1.2-1.3x at 800 px with the same "
         "detections (mAP 1.0 against the default); not yet measured on a GPU (BENCHMARKS.md).",
         {"type": "boolean"},
         default=False,
     )
     compile: bool = _field(
-        "torch.compile the model's backbone, a fast path: on a CPU 1.5x at 800 px with the same detections, "
-        "after 15-30 s of compiling at each shard's first image, so it pays on large shards; falls back to "
+        "torch.compile the model's backbone, a fast path: on a CPU 1.3-1.5x at 800 px with the same detections, "
+        "after 14-30 s of compiling at each shard's first image, so it pays on large shards; falls back to "
         "eager if compiling fails (BENCHMARKS.md).",
         {"type": "boolean"},
         default=False,

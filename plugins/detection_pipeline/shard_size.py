@@ -2,8 +2,8 @@
 
 A pod has a fixed cost (~6 s of start and model load, BENCHMARKS.md) and, on spot nodes, loses at most one
 part when it is reclaimed, so GPU shards should be large but not endless. `auto` takes the median
-`images_per_s_per_gpu` of the latest runs of the same model, weights, precision, fast paths and hardware (machine type,
-GPU type and count) in the warehouse, and sizes a shard to run `target_s` seconds on one pod:
+`images_per_s_per_gpu` of the latest runs of the same model, weights, precision, fast paths and hardware
+(machine type, GPU type and count) in the warehouse, and sizes a shard to run `target_s` seconds on one pod:
 images = rate per GPU x GPUs per pod x target_s. That rate is processed images / pod GPU-seconds, model load
 included, so the pod's fixed cost is in it. Without such a run (a new model or machine, CPU runs, which record
 no per-GPU rate), `auto` is the default shard size. `max_shards` still caps the shard count: shards grow then.

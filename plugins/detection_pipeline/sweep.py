@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Param, get_current_context, task
 
 from detection_engine import catalog, layout, storage
-from detection_pipeline.config import SIZE_RANGE, RunConfig, param_defaults
+from detection_pipeline.config import FAST_PATH_FIELDS, SIZE_RANGE, RunConfig, param_defaults
 from detection_pipeline.errors import PermanentError, at_the_boundary
 
 if TYPE_CHECKING:
@@ -60,8 +60,7 @@ PASS_THROUGH = (
     "max_size",
     "ground_truth_uri",
     "eval_score_threshold",
-    "channels_last",  # the fast paths: every run of the sweep with the same switches
-    "compile",
+    *FAST_PATH_FIELDS,  # every run of the sweep with the same fast-path switches
 )
 
 # The weights `ModelSpec.published_box_map` was measured with.

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from detection_engine import storage
+from detection_pipeline.config import FAST_PATH_FIELDS
 
 _BATCH_ROWS = 1 << 16
 
@@ -98,7 +99,7 @@ def work_settings(config, record: dict) -> dict:
     }
     # Fast paths change the speed, which is what runs of one workload are compared by. Listed only when on,
     # so the workload of a run without them is the one it had before they existed.
-    work |= {name: True for name in ("channels_last", "compile") if getattr(config, name)}
+    work |= {name: True for name in FAST_PATH_FIELDS if getattr(config, name)}
     if config.ground_truth_uri:  # detections are then kept down to the evaluation threshold
         work["eval_score_threshold"] = config.eval_score_threshold
     return work
