@@ -104,6 +104,10 @@ _FAST_PATH_SWITCHES = (
         "--compile",
         "torch.compile the backbone, dynamic shapes, eager if compiling fails (a fast path; BENCHMARKS.md)",
     ),
+    (
+        "--decode-on-device",
+        "decode baseline JPEGs where the model runs (nvJPEG on a GPU, batched), the rest on the CPU (a fast path)",
+    ),
 )
 
 
@@ -237,6 +241,7 @@ def parse_job(argv: Sequence[str] | None = None) -> ShardJob:
                 read_timeout_s=args.read_timeout_s,
                 timeout_s=args.image_timeout_s,
             ),
+            decode_on_device=args.decode_on_device,
         ),
         summary_path=args.summary_path,
         log_interval_s=args.log_interval_s,

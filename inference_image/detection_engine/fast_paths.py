@@ -1,4 +1,5 @@
-"""The model-side fast paths, each a switch until measured (BENCHMARKS.md), and what a shard records of them.
+"""The model-side fast paths, each a switch until measured (BENCHMARKS.md), and what a shard records of them
+(with the data path's one, `--decode-on-device`: device_decode.py).
 
 `--channels-last` stores the convolution weights NHWC, which cuDNN and oneDNN run faster on some hardware
 (detections unchanged up to float rounding).
@@ -89,8 +90,9 @@ def apply(model: nn.Module, channels_last: bool, compile: bool) -> nn.Module:
     return model
 
 
-def describe(models: Sequence[nn.Module]) -> dict:
-    """The shard metrics' `fast_paths`: what actually ran on the replicas (a fallback is recorded as such)."""
+def describe(models: Sequence[nn.Module], decode_on_device: bool = False) -> dict:
+    """The shard metrics' `fast_paths`: what actually ran on the replicas (a fallback is recorded as such).
+    How many JPEGs each device decoded is in the metrics' `devices`."""
     first = models[0]
     convolutions = [m.weight for m in first.modules() if isinstance(m, nn.Conv2d) and m.weight.dim() == 4]
     fallbacks = sorted({reason for m in models if (reason := compile_fallback(m)) is not None})
@@ -99,6 +101,7 @@ def describe(models: Sequence[nn.Module]) -> dict:
         "channels_last": bool(convolutions)
         and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions),
         "compile": f"eager fallback: {'; '.join(fallbacks)}" if fallbacks else ("on" if compiled else "off"),
+        "decode_on_device": decode_on_device,
     }
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from detection_engine.box_precision import keep_boxes_in_fp32
-from detection_engine.decode import redact
-from detection_engine.preprocess import model_input
+from detection_engine.decode import ImageError, redact
+from detection_engine.preprocess import HostImage, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,15 @@ class Detections:
 
 @dataclass(frozen=True)
 class Failed:
-    """An image the model could not run on (it does not fit in device memory even alone)."""
+    """An image with no detections to give: it does not fit in device memory even alone, the model raised on
+    it alone, or (decoded on the device) neither decoder could read it."""
 
     reason: str
 
 
 class Detector:
-    """Runs batches of host image tensors (HxWx3 uint8) through a loaded detector.
+    """Runs batches of host images (HxWx3 uint8 tensors, or JPEGs for the device to decode) through a
+    loaded detector.
 
     A CUDA out-of-memory error on a batch retries it as two halves, recursively; an image that does not fit
     even alone becomes `Failed`, so one huge image costs one error row, not the shard.
@@ -69,8 +71,9 @@ class Detector:
         self.score_threshold = score_threshold
         self.max_detections = max_detections
         self.oom_splits = 0
+        self.decoded_on_device = 0  # JPEGs whose pixels the device decoded (--decode-on-device)
 
-    def __call__(self, images: Sequence[torch.Tensor]) -> list[Detections | Failed]:
+    def __call__(self, images: Sequence[HostImage]) -> list[Detections | Failed]:
         with torch.inference_mode():
             return self._run(list(images))
 
@@ -81,7 +84,7 @@ class Detector:
             return None
         return f"too_thin: {width}x{height} resizes to {shape[1]}x{shape[0]} px for this model"
 
-    def _run(self, images: list[torch.Tensor]) -> list[Detections | Failed]:
+    def _run(self, images: list[HostImage]) -> list[Detections | Failed]:
         try:
             return self._forward(images)
         except torch.OutOfMemoryError:
@@ -105,7 +108,7 @@ class Detector:
         )
         return self._run(images[:half]) + self._run(images[half:])
 
-    def _bisect(self, images: list[torch.Tensor], exc: Exception) -> list[Detections | Failed]:
+    def _bisect(self, images: list[HostImage], exc: Exception) -> list[Detections | Failed]:
         """A batch that raised: run its halves, down to the image(s) that raise alone."""
         if len(images) == 1:
             return [Failed(f"model_error: {redact(f'{type(exc).__name__}: {exc}')}")]
@@ -113,8 +116,17 @@ class Detector:
         log.warning("a batch of %d images raised %s; bisecting", len(images), type(exc).__name__)
         return self._run(images[:half]) + self._run(images[half:])
 
-    def _forward(self, images: list[torch.Tensor]) -> list[Detections | Failed]:
-        inputs = [model_input(image, self.device) for image in images]
+    def _forward(self, images: list[HostImage]) -> list[Detections | Failed]:
+        prepared = model_inputs(images, self.device)
+        ready = [x for x in prepared.images if not isinstance(x, ImageError)]
+        outputs = iter(self._model(ready) if ready else [])
+        self.decoded_on_device += prepared.decoded_on_device  # counted once the batch has run (no retry)
+        return [
+            Failed(x.reason) if isinstance(x, ImageError) else self._postprocess(next(outputs))
+            for x in prepared.images
+        ]
+
+    def _model(self, inputs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         dtype = _AUTOCAST_DTYPES.get(self.precision)
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=dtype)
@@ -122,8 +134,7 @@ class Detector:
             else contextlib.nullcontext()
         )
         with autocast:
-            outputs = self.model(inputs)
-        return [self._postprocess(output) for output in outputs]
+            return self.model(inputs)
 
     def _postprocess(self, output: dict[str, torch.Tensor]) -> Detections:
         scores = output["scores"].float()

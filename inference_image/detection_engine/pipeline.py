@@ -3,6 +3,9 @@
     URIs ──► fetch pool ──► decode pool ──► ordered, bounded look-ahead ──► grouping window ──► Detector
                  (I/O)         (CPU)         (prefetch_batches x batch)     (similar aspect ratios)
 
+With `decode_on_device`, the decode pool only reads the headers of the JPEGs the device can decode
+(device_decode.py) and the Detector decodes them, a batch at a time, where the model runs.
+
 Loads are consumed in manifest order with at most `prefetch_batches * batch_size` in flight, so memory stays
 bounded and a re-run forms the same batches (detections depend slightly on a batch's padding). Images that
 fail to fetch or decode never enter a batch: they become error results right away.
@@ -18,14 +21,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-import torch
-
 from detection_engine.auto_batch import AUTO, choose_batch_size
 from detection_engine.cpus import usable_cpus
 from detection_engine.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from detection_engine.device_decode import device_decodable
 from detection_engine.fetch import fetch_bytes
 from detection_engine.inference import Detections, Detector, Failed
-from detection_engine.preprocess import host_tensor
+from detection_engine.preprocess import HostImage, host_tensor
 from detection_engine.replicas import Replicas
 from detection_engine.storage import DEFAULT_LIMITS, ReadLimits
 
@@ -42,6 +44,7 @@ class PipelineOptions:
     group_window: int = 4  # batches' worth of decoded images searched for similar shapes; 1 = arrival order
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     read_limits: ReadLimits = field(default_factory=ReadLimits)
+    decode_on_device: bool = False  # a fast path (device_decode.py), off until measured
 
 
 class Stopped(Exception):
@@ -50,14 +53,14 @@ class Stopped(Exception):
 
 @dataclass
 class Loaded:
-    """One input after fetch and decode: a host tensor ready for the model, or the reason it failed."""
+    """One input after fetch and decode: a host image ready for the model, or the reason it failed."""
 
     index: int
     uri: str
-    tensor: torch.Tensor | None = None  # HxWx3 uint8
+    tensor: HostImage | None = None  # HxWx3 uint8, or a JPEG the device decodes (with its header's size)
     error: str | None = None
     fetch_s: float | None = None
-    decode_s: float | None = None
+    decode_s: float | None = None  # for a JPEG left to the device: its header check only
 
     @property
     def width(self) -> int:
@@ -112,8 +115,10 @@ class Loader:
         max_pixels: int,
         pin_memory: bool,
         limits: ReadLimits = DEFAULT_LIMITS,
+        decode_on_device: bool = False,
     ) -> None:
         self.limits = limits
+        self._decode_on_device = decode_on_device
         self._fetch_pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self._max_pixels = max_pixels
@@ -161,6 +166,11 @@ class Loader:
 
     def _decode(self, item: Loaded, data: bytes) -> Loaded:
         started = time.perf_counter()
+        if self._decode_on_device:
+            item.tensor = device_decodable(data, self._max_pixels)
+            if item.tensor is not None:
+                item.decode_s = time.perf_counter() - started
+                return item
         image = None
         try:
             image = decode_image(data, self._max_pixels)
@@ -286,7 +296,12 @@ def run_pipeline(
     max_in_flight = batch_size * max(1, options.prefetch_batches) * len(replicas.detectors)
     pin = any(d.device.type == "cuda" for d in replicas.detectors)
     loader = Loader(
-        options.fetch_workers, options.decode_workers, options.max_image_pixels, pin, options.read_limits
+        options.fetch_workers,
+        options.decode_workers,
+        options.max_image_pixels,
+        pin,
+        options.read_limits,
+        options.decode_on_device,
     )
     with loader:
         stream = decoded(load_in_order(uris, loader, max_in_flight))

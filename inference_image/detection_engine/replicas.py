@@ -39,10 +39,17 @@ class DeviceStats:
     images: int = 0
     batches: int = 0
     busy_s: float = 0.0
+    decoded_on_device: int = 0  # of `images`, the JPEGs this device decoded (--decode-on-device)
 
     def as_metrics(self, wall_s: float) -> dict:
         busy = self.busy_s / wall_s if wall_s > 0 else None
-        return {"device": self.device, "images": self.images, "batches": self.batches, "busy_fraction": busy}
+        return {
+            "device": self.device,
+            "images": self.images,
+            "batches": self.batches,
+            "busy_fraction": busy,
+            "decoded_on_device": self.decoded_on_device,
+        }
 
 
 def load_replicas(
@@ -102,10 +109,13 @@ class Replicas:
         yield from self._run_parallel(batches, inputs)
 
     def _call(self, replica: int, batch: list[T], inputs) -> tuple[Outputs, float]:
+        detector = self.detectors[replica]
+        decoded_before = detector.decoded_on_device
         started = time.perf_counter()
-        outputs = self.detectors[replica](inputs(batch))
+        outputs = detector(inputs(batch))
         latency = time.perf_counter() - started
         stats = self.stats[replica]
+        stats.decoded_on_device += detector.decoded_on_device - decoded_before
         stats.images += len(batch)
         stats.batches += 1
         stats.busy_s += latency

@@ -67,7 +67,7 @@ def _field(description: str, schema: dict, default: Any = dataclasses.MISSING, h
 
 # The RunConfig fields that switch the engine's fast paths (detection_engine/fast_paths.py): they change a
 # run's speed, not what it computes beyond rounding.
-FAST_PATH_FIELDS = ("channels_last", "compile")
+FAST_PATH_FIELDS = ("channels_last", "compile", "decode_on_device")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,13 @@ class RunConfig:
         "torch.compile the model's backbone, a fast path: on a CPU 1.3-1.5x at 800 px with the same detections, "
         "after 14-30 s of compiling at each shard's first image, so it pays on large shards; falls back to "
         "eager if compiling fails (BENCHMARKS.md).",
+        {"type": "boolean"},
+        default=False,
+    )
+    decode_on_device: bool = _field(
+        "Decode baseline JPEGs where the model runs (nvJPEG on a GPU, a batch at a time) instead of on the "
+        "pod's CPUs, a fast path; every other image, and any JPEG the device cannot read, is decoded on the "
+        "CPU as without it. Not yet measured on a GPU (BENCHMARKS.md).",
         {"type": "boolean"},
         default=False,
     )

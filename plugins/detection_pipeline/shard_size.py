@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Iterable
 
 from detection_engine.catalog import weights_id
-from detection_pipeline.config import RunConfig
+from detection_pipeline.config import FAST_PATH_FIELDS, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +38,27 @@ def same_workload(record: dict, config: RunConfig) -> bool:
         and record.get("machine_type") == config.machine_type
         and record.get("gpu_type") == config.gpu_type
         and record.get("gpu_count") == config.gpu_count
-        and requested_fast_paths(record) == (config.channels_last, config.compile)
+        and requested_fast_paths(record) == tuple(getattr(config, name) for name in FAST_PATH_FIELDS)
     )
 
 
-def requested_fast_paths(record: dict) -> tuple[bool, bool] | None:
-    """(channels_last, compile) a run asked for, from its `fast_paths` column (a fallback to eager was still
-    asked for); none recorded: neither (the runs before fast paths); a mixed run: None, like nothing."""
+def requested_fast_paths(record: dict) -> tuple[bool, ...] | None:
+    """The FAST_PATH_FIELDS switches a run asked for, from its `fast_paths` column (a fallback to eager was
+    still asked for); none recorded: none (the runs before fast paths), a switch not recorded: off (the runs
+    before it); a mixed run: None, like nothing."""
     recorded = record.get("fast_paths")
     if recorded is None:
-        return (False, False)
+        return (False,) * len(FAST_PATH_FIELDS)
     try:
         ran = json.loads(recorded)
-        return (bool(ran["channels_last"]), ran["compile"] != "off")
-    except (ValueError, TypeError, KeyError):
+        asked = {
+            "channels_last": bool(ran["channels_last"]),
+            "compile": ran["compile"] != "off",
+            "decode_on_device": bool(ran.get("decode_on_device", False)),
+        }
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
+    return tuple(asked[name] for name in FAST_PATH_FIELDS)
 
 
 def measured_rate(records: Iterable[dict], config: RunConfig) -> float | None:

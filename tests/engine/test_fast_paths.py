@@ -57,7 +57,11 @@ def test_the_compiled_backbone_gives_the_eager_detections_for_every_shape(tiny_o
         np.testing.assert_array_equal(got.labels, want.labels)
         np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-2)
         np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
-    assert fast_paths.describe([compiled]) == {"channels_last": False, "compile": "on"}
+    assert fast_paths.describe([compiled]) == {
+        "channels_last": False,
+        "compile": "on",
+        "decode_on_device": False,
+    }
 
 
 def test_a_failing_compile_falls_back_to_eager_once_and_no_image_fails(tiny_options, monkeypatch, caplog):
@@ -115,11 +119,19 @@ def test_the_wrapper_keeps_what_detection_heads_read_and_one_copy_of_the_weights
 
 def test_describe_says_what_ran_on_the_replicas(tiny_options, monkeypatch):
     plain = load_replicas(tiny_options(), [torch.device("cpu")])
-    assert fast_paths.describe([r.model for r in plain]) == {"channels_last": False, "compile": "off"}
+    assert fast_paths.describe([r.model for r in plain]) == {
+        "channels_last": False,
+        "compile": "off",
+        "decode_on_device": False,
+    }
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
     both = load_replicas(tiny_options(), [torch.device("cpu")] * 2, channels_last=True, compile=True)
     assert both[0].model.backbone is not both[1].model.backbone  # each replica compiles its own
-    assert fast_paths.describe([r.model for r in both]) == {"channels_last": True, "compile": "on"}
+    assert fast_paths.describe([r.model for r in both]) == {
+        "channels_last": True,
+        "compile": "on",
+        "decode_on_device": False,
+    }
 
 
 def test_a_shard_with_every_fast_path_records_them(tmp_path, write_images, write_manifest, monkeypatch):

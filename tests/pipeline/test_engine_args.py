@@ -84,6 +84,7 @@ def test_arguments_are_a_list_of_one_flag_with_its_value_each():
         "--precision": "bf16",
         "--channels-last": "false",  # the fast-path switches, spelled out
         "--compile": "false",
+        "--decode-on-device": "false",
         "--max-image-bytes": str(64 * 1024 * 1024),  # the read bounds, at their defaults
         "--connect-timeout-s": "10.0",
         "--read-timeout-s": "30.0",
@@ -162,9 +163,12 @@ def test_the_engine_parses_every_argument_back_to_the_config_value():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("compile", [False, True])
-def test_the_fast_path_switches_reach_the_engine_as_set(channels_last, compile):
+@pytest.mark.parametrize("decode_on_device", [False, True])
+def test_the_fast_path_switches_reach_the_engine_as_set(channels_last, compile, decode_on_device):
     from detection_engine.cli import parse_job
 
-    job = parse_job(_args(_config(channels_last=channels_last, compile=compile)))
+    config = _config(channels_last=channels_last, compile=compile, decode_on_device=decode_on_device)
+    job = parse_job(_args(config))
 
     assert (job.channels_last, job.compile) == (channels_last, compile)
+    assert job.pipeline.decode_on_device is decode_on_device

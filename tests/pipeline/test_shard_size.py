@@ -84,6 +84,14 @@ def test_runs_count_for_the_fast_paths_they_asked_for_even_where_compiling_fell_
     assert measured_rate(records, _config(channels_last=True)) is None
 
 
+def test_runs_from_before_a_switch_existed_count_as_without_it():
+    on_device = '{"channels_last": false, "compile": "off", "decode_on_device": true}'
+    records = [_record(10.0, fast_paths=NOTHING), _record(30.0, fast_paths=on_device)]
+
+    assert measured_rate(records, _config()) == 10.0
+    assert measured_rate(records, _config(decode_on_device=True)) == 30.0
+
+
 def test_only_the_latest_runs_count():
     old = [_record(1.0)] * 50
     assert measured_rate([*old, *[_record(40.0)] * HISTORY], _config()) == 40.0

@@ -116,4 +116,5 @@ def test_run_record_carries_a_workload_id_that_ignores_versions_but_not_the_work
     # a fast path changes the speed runs are compared by: another workload, one per switch
     compiled = _record(_config(tmp_path, images, min_size=320, compile=True), uri)["workload_id"]
     nhwc = _record(_config(tmp_path, images, min_size=320, channels_last=True), uri)["workload_id"]
-    assert len({compiled, nhwc, record["workload_id"]}) == 3
+    on_device = _record(_config(tmp_path, images, min_size=320, decode_on_device=True), uri)["workload_id"]
+    assert len({compiled, nhwc, on_device, record["workload_id"]}) == 4

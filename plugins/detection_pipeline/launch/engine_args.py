@@ -25,6 +25,7 @@ ENGINE_OPTIONS: dict[str, str] = {
     "precision": "--precision",
     "channels_last": "--channels-last",
     "compile": "--compile",
+    "decode_on_device": "--decode-on-device",
     "max_image_bytes": "--max-image-bytes",
     "connect_timeout_s": "--connect-timeout-s",
     "read_timeout_s": "--read-timeout-s",

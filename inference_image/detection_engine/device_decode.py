@@ -1,0 +1,177 @@
+"""`--decode-on-device`: baseline JPEGs decoded where the model runs (nvJPEG on a GPU, batched), the rest by
+Pillow on the decode threads (decode.py), as without the switch.
+
+Why: a GPU pod's few CPU threads decode a few hundred photos a second with Pillow, while an H200 can consume
+more than that (bench/bench_gpu.py measures both rates); `torchvision.io.decode_jpeg(device="cuda")` decodes
+a batch on the GPU from the file's bytes, so the CPUs only fetch.
+
+Which JPEGs go to the device is decided from the marker segments before the first scan, before any pixel,
+so that both decoders define the same pixels and the CPU path's promises hold:
+
+- baseline or extended sequential Huffman coding (SOF0/SOF1), 8-bit, three components, coded as YCbCr (no
+  Adobe transform other than 1: RGB-coded and CMYK/YCCK files stay on the CPU);
+- not a multi-picture file (MPO from phones: the CPU takes the first frame);
+- no EXIF orientation other than 1 (the CPU path applies it; the device decode does not);
+- the file ends with its EOI marker (a truncated file goes to Pillow, which refuses it as `truncated`);
+- within the pixel limit (the same check as decode.py, on the header's size).
+
+A batch the device decoder raises on is decoded image by image, and an image it raises on alone goes to the
+CPU path (`decode_image`), so an image's result (pixels or error code) never depends on the switch beyond
+rounding. On a CPU the "device" decode is torchvision's libjpeg-turbo, pixel for pixel Pillow's; nvJPEG's
+IDCT and upsampling differ by about a grey level, so on a GPU detections agree by mAP, not bit for bit
+(bench_gpu.py measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from detection_engine.decode import ImageError, decode_image
+
+log = logging.getLogger(__name__)
+
+_SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)  # SOF0 baseline, SOF1 extended sequential
+_NOT_FRAMES = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC share the SOF range
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: markers without a length
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG's bytes, checked to be decodable on the device, with the size its header gives."""
+
+    data: torch.Tensor  # 1-D uint8: the whole file
+    height: int
+    width: int
+    max_pixels: int  # the CPU path's limit, for a fallback decode
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """HxWx3, as a decoded host tensor's."""
+        return (self.height, self.width, 3)
+
+
+def device_decodable(data: bytes, max_pixels: int) -> EncodedJpeg | None:
+    """The image as an `EncodedJpeg` when the device may decode it (the module's rules), else None."""
+    try:
+        frame = _frame_header(data)
+    except (IndexError, ValueError):
+        return None
+    if frame is None:
+        return None
+    height, width = frame
+    if height * width > max_pixels or not data.endswith(b"\xff\xd9"):
+        return None
+    return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), height, width, max_pixels)
+
+
+def _frame_header(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a JPEG the device may decode, read from the segments before its first scan."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos, frame = 2, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : pos + 2 + length]
+        if length < 2 or len(segment) < length - 2:
+            return None
+        if marker == 0xDA:  # start of scan: every header segment has been seen
+            return frame
+        if 0xC0 <= marker <= 0xCF and marker not in _NOT_FRAMES:
+            if frame is not None or marker not in _SEQUENTIAL_HUFFMAN or len(segment) < 6:
+                return None
+            precision, height, width, components = (
+                segment[0],
+                int.from_bytes(segment[1:3], "big"),
+                int.from_bytes(segment[3:5], "big"),
+                segment[5],
+            )
+            if precision != 8 or components != 3 or height == 0 or width == 0:
+                return None
+            frame = (height, width)
+        elif not _app_segment_allows(marker, segment):
+            return None
+        pos += 2 + length
+    return None  # no scan: not a whole JPEG
+
+
+def _app_segment_allows(marker: int, segment: bytes) -> bool:
+    if marker == 0xEE and segment.startswith(b"Adobe"):  # APP14: the colour transform is byte 11
+        return len(segment) >= 12 and segment[11] == 1
+    if marker == 0xE2 and segment.startswith(b"MPF\x00"):  # APP2: a multi-picture file
+        return False
+    if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
+        exif = Image.Exif()
+        try:
+            exif.load(segment)
+        except Exception:  # a damaged EXIF block: the CPU path keeps the pixels unrotated, as it says
+            return False
+        return exif.get(_EXIF_ORIENTATION, 1) == 1
+    return True
+
+
+@dataclass
+class Decoded:
+    """`decode_batch`'s answer: per image 3xHxW uint8 on the device or an `ImageError`, and how many the
+    device decoded (the rest went to the CPU path)."""
+
+    images: list[torch.Tensor | ImageError]
+    on_device: int
+
+
+def decode_batch(images: Sequence[EncodedJpeg], device: torch.device) -> Decoded:
+    """Each image decoded: one batched device call; if it raises, one call per image; an image that raises
+    alone is decoded by Pillow (decode.py) and copied to the device. Out of memory is not an image's fault:
+    it propagates, for the Detector to halve the batch."""
+    if not images:
+        return Decoded([], 0)
+    try:
+        return Decoded(_decode([image.data for image in images], device), len(images))
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        log.warning("device decode of %d JPEGs raised %s; one by one", len(images), type(exc).__name__)
+    decoded = [_decode_alone(image, device) for image in images]
+    return Decoded([image for image, _ in decoded], sum(on_device for _, on_device in decoded))
+
+
+def _decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+
+
+def _decode_alone(image: EncodedJpeg, device: torch.device) -> tuple[torch.Tensor | ImageError, bool]:
+    try:
+        return _decode([image.data], device)[0], True
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        log.warning("device decode of a JPEG raised %s; decoding it on the CPU", type(exc).__name__)
+    return _cpu_decode(image, device), False
+
+
+def _cpu_decode(image: EncodedJpeg, device: torch.device) -> torch.Tensor | ImageError:
+    try:
+        pixels = decode_image(image.data.numpy().tobytes(), image.max_pixels)
+    except ImageError as exc:
+        return exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # as the decode threads do: anything unmapped is still this image's error
+        return ImageError("corrupt", f"{type(exc).__name__}: {exc}")
+    return torch.from_numpy(np.ascontiguousarray(pixels).copy()).to(device).permute(2, 0, 1)
