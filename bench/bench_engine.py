@@ -137,10 +137,11 @@ def same(a: Detections, b: Detections) -> bool:
     )
 
 
-# The engine's fast paths (fast_paths.py, --precision), each timed as the engine at batch 1: name -> the
-# switches. bf16 runs only where this CPU computes it natively (models.cpu_computes).
+# The engine's fast paths (fast_paths.py, device_decode.py, --precision), each timed as the engine at batch 1:
+# name -> the switches. bf16 runs only where this CPU computes it natively (models.cpu_computes).
 FAST_PATHS = {
     "channels_last": {"channels_last": True},
+    "decode_on_device": {"decode_on_device": True},
     "compile": {"compile": True},
     "compile+channels_last": {"compile": True, "channels_last": True},
     "bf16+channels_last": {"channels_last": True, "precision": "bf16"},
@@ -195,6 +196,7 @@ def run_config(
                 fetch_workers=4,
                 decode_workers=2,
                 group_window=config.group_window,
+                decode_on_device=FAST_PATHS.get(config.mode, {}).get("decode_on_device", False),
             )
             outcome = run_pipeline(paths, detectors[config.mode], options)
             detections = [r.detections for r in outcome.results]

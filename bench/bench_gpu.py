@@ -6,16 +6,17 @@ Measured, each with the engine's code (`load_replicas`, `Detector`, `run_pipelin
    decode and inference overlapped as in a shard), with the share of wall time the model is busy
    (`infer_s / wall_s`, the engine's own `model_busy_fraction`), mean GPU utilisation (NVML) and peak memory;
 2. agreement with the fp32 default (fp32 at the auto batch), its detections taken as ground truth: COCO box
-   mAP (bench/box_map.py) of every row and of each fast path (the engine's `--channels-last` and `--compile`,
-   in fp32 and at the fastest reduced precision; compiling is timed apart, in the warm-up); targets: fp32
+   mAP (bench/box_map.py) of every row and of each fast path (the engine's `--channels-last`, `--compile` and
+   `--decode-on-device`, in fp32 and at the fastest reduced precision; compiling is timed apart, in the
+   warm-up); targets: fp32
    variants >= 0.99, reduced precision >= 0.95. Also the older F1 (same label, IoU >= 0.5) against fp32 at
    the same batch size;
-3. decode: the engine's CPU decode (Pillow on its decode threads) against nvJPEG (`torchvision.io.decode_jpeg`
-   on the GPU), decode alone and feeding the same `Detector`. GPU decode is not an engine option: this says
-   whether it would be worth adding;
+3. decode alone: the engine's CPU decode (Pillow on its decode threads) against its `--decode-on-device`
+   decode (device_decode.py: nvJPEG through `torchvision.io.decode_jpeg`, batched), and how far their pixels
+   differ;
 4. end to end: one shard through `python -m detection_engine` (process start, CUDA init, model load, the data
    path, results Parquet written) at the fastest reduced precision and batch size, on `--devices cuda:0` and on
-   `--devices auto` (every visible GPU, one model replica each).
+   `--devices auto` (every visible GPU, one model replica each), and with `--decode-on-device` on both.
 
 Weights: `--weights` when given (DEFAULT, a state dict path, `fitted`, or `none` for random init), else
 torchvision's COCO weights when they are in the torch hub cache, else `fitted`: the random backbone with its
@@ -63,12 +64,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from box_map import box_map  # noqa: E402
-from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
 from torchvision.models import get_model_weights  # noqa: E402
 
 from detection_engine import fast_paths as engine_fast_paths  # noqa: E402
 from detection_engine.auto_batch import AUTO, choose_batch_size, parse_batch_size  # noqa: E402
 from detection_engine.decode import DEFAULT_MAX_PIXELS, decode_image  # noqa: E402
+from detection_engine.device_decode import decode_batch, device_decodable  # noqa: E402
 from detection_engine.fetch import fetch_bytes  # noqa: E402
 from detection_engine.inference import Detections, Detector  # noqa: E402
 from detection_engine.metrics import UtilizationSampler  # noqa: E402
@@ -243,13 +244,25 @@ def _map(reference: list, candidate: list) -> float | None:
     return None if value is None else round(value, 4)
 
 
-# The engine's model-side fast paths (detection_engine.fast_paths, as `--channels-last` / `--compile` switch
-# them), each timed at the auto batch: name -> (channels_last, compile, precision: "fp32" | "fastest").
+@dataclass(frozen=True)
+class FastPath:
+    """One of the engine's fast paths as its switches set it, at "fp32" or the "fastest" reduced precision."""
+
+    name: str
+    precision: str
+    channels_last: bool = False
+    compile: bool = False
+    decode_on_device: bool = False
+
+
+# Each timed at the auto batch (detection_engine.fast_paths and device_decode, as the engine's switches).
 FAST_PATHS = [
-    ("channels_last", True, False, "fp32"),
-    ("channels_last", True, False, "fastest"),
-    ("compile", False, True, "fp32"),
-    ("compile + channels_last", True, True, "fastest"),
+    FastPath("channels_last", "fp32", channels_last=True),
+    FastPath("channels_last", "fastest", channels_last=True),
+    FastPath("decode_on_device", "fp32", decode_on_device=True),
+    FastPath("decode_on_device", "fastest", decode_on_device=True),
+    FastPath("compile", "fp32", compile=True),
+    FastPath("compile + channels_last", "fastest", channels_last=True, compile=True),
 ]
 
 
@@ -259,23 +272,24 @@ def fast_paths(
     """Each fast path on a copy of the model, at the auto batch, scored against the fp32 default's
     detections. The compiled rows' warm-up is where compiling happens: reported apart (a per-shard cost)."""
     rows = []
-    for name, channels_last, compiled, which in FAST_PATHS:
-        if compiled and not compile:
+    for path in FAST_PATHS:
+        if path.compile and not compile:
             continue
-        precision = fastest["ran_as"] if which == "fastest" else "fp32"
-        model = engine_fast_paths.apply(copy.deepcopy(loaded.model), channels_last, compiled)
+        precision = fastest["ran_as"] if path.precision == "fastest" else "fp32"
+        model = engine_fast_paths.apply(copy.deepcopy(loaded.model), path.channels_last, path.compile)
         detector = Detector(model, p.device, precision, p.score_threshold, 50)
         options = PipelineOptions(
             batch_size=choose_batch_size(AUTO, [detector]),
             fetch_workers=p.fetch_workers,
             decode_workers=p.decode_workers,
+            decode_on_device=path.decode_on_device,
         )
         started = time.perf_counter()
         run_pipeline(uris[: max(2 * options.batch_size, 8)], detector, options)  # warm-up (compiles)
         warm_up_s = time.perf_counter() - started
         outcome = run_pipeline(uris, detector, options)
         ran = engine_fast_paths.describe([model])
-        label = name if precision == "fp32" else f"{name} + {precision}"
+        label = path.name if precision == "fp32" else f"{path.name} + {precision}"
         rows.append(
             {
                 "fast_path": label + ("" if ran["compile"] in ("on", "off") else f" ({ran['compile']})"),
@@ -348,8 +362,9 @@ def agreement(reference: list[Detections | None], other: list[Detections | None]
 # -- 3: CPU decode vs GPU decode --------------------------------------------------------------------
 
 
-def decode_comparison(p: Plan, detector: Detector, uris: list[str], batch_size: int) -> dict:
-    """Decode alone both ways, the pixels' agreement, and nvJPEG feeding the Detector end to end."""
+def decode_comparison(p: Plan, uris: list[str], batch_size: int) -> dict:
+    """Decode alone, the engine's two ways: Pillow on the decode threads, and `--decode-on-device`'s batches
+    (device_decode.py); and how far the pixels differ."""
     blobs = [fetch_bytes(uri) for uri in uris]
     pin = p.device.type == "cuda"
 
@@ -361,52 +376,33 @@ def decode_comparison(p: Plan, detector: Detector, uris: list[str], batch_size: 
         cpu_images = list(pool.map(cpu_decode, blobs))
     cpu_s = time.perf_counter() - started
 
-    encoded = [torch.from_numpy(np.frombuffer(b, dtype=np.uint8).copy()) for b in blobs]
-    gpu_decode(encoded[:batch_size], p.device)  # warm-up: nvJPEG handles
+    encoded = [device_decodable(b, DEFAULT_MAX_PIXELS) for b in blobs]
+    eligible = [e for e in encoded if e is not None]
+    decode_batch(eligible[:batch_size], p.device)  # warm-up: nvJPEG's handles and buffers
     started = time.perf_counter()
-    gpu_images = []
-    for i in range(0, len(encoded), batch_size):
-        gpu_images += gpu_decode(encoded[i : i + batch_size], p.device)
+    device_images, on_device = [], 0
+    for i in range(0, len(eligible), batch_size):
+        decoded = decode_batch(eligible[i : i + batch_size], p.device)
+        device_images += decoded.images
+        on_device += decoded.on_device
     synchronize(p.device)
-    gpu_s = time.perf_counter() - started
+    device_s = time.perf_counter() - started
+    pairs = [(a, b) for a, e, b in zip(cpu_images, encoded, device_images, strict=False) if e is not None]
     pixel_diff = statistics.fmean(
-        float((a.to(torch.int16) - b.cpu().to(torch.int16)).abs().float().mean())
-        for a, b in zip(cpu_images[:64], gpu_images[:64], strict=False)
+        float((a.to(torch.int16) - b.permute(1, 2, 0).cpu().to(torch.int16)).abs().float().mean())
+        for a, b in pairs[:64]
     )
-
-    # nvJPEG feeding the Detector: bytes read by the engine's fetch on threads, decoded on the device in
-    # batches, then the same Detector; no look-ahead, so decode and model take turns on the GPU.
-    started = time.perf_counter()
-    infer_s = 0.0
-    with ThreadPoolExecutor(p.fetch_workers) as pool:
-        for i in range(0, len(uris), batch_size):
-            chunk = [
-                torch.from_numpy(np.frombuffer(b, dtype=np.uint8).copy())
-                for b in pool.map(fetch_bytes, uris[i : i + batch_size])
-            ]
-            images = gpu_decode(chunk, p.device)
-            t = time.perf_counter()
-            detector(images)
-            infer_s += time.perf_counter() - t
-    e2e_s = time.perf_counter() - started
     return {
         "images": len(uris),
         "decode_device": str(p.device),
         "cpu_decode_threads": p.decode_workers,
         "cpu_decode_images_per_s": round(len(uris) / cpu_s, 1),
-        "gpu_decode_images_per_s": round(len(uris) / gpu_s, 1),
+        "device_decodable": len(eligible),
+        "decoded_on_device": on_device,
+        "device_batch": batch_size,
+        "gpu_decode_images_per_s": round(len(eligible) / device_s, 1),
         "mean_abs_pixel_diff": round(pixel_diff, 3),
-        "gpu_decode_detector_batch": batch_size,
-        "gpu_decode_detector_precision": detector.precision,
-        "gpu_decode_detector_images_per_s": round(len(uris) / e2e_s, 1),
-        "gpu_decode_detector_model_busy": round(infer_s / e2e_s, 3),
     }
-
-
-def gpu_decode(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """nvJPEG batch decode to HxWx3 uint8 on the device, the layout the Detector takes."""
-    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    return [image.permute(1, 2, 0) for image in decoded]
 
 
 def synchronize(device: torch.device) -> None:
@@ -418,12 +414,20 @@ def synchronize(device: torch.device) -> None:
 
 
 def shard_end_to_end(
-    p: Plan, uris: list[str], workdir: Path, precision: str, batch_size: int, devices: str
+    p: Plan,
+    uris: list[str],
+    workdir: Path,
+    precision: str,
+    batch_size: int,
+    devices: str,
+    decode_on_device: bool = False,
 ) -> dict:
     """`python -m detection_engine` on one shard of all the images, timed from spawn to exit."""
     manifest = workdir / "shard.txt"
     manifest.write_text("\n".join(uris) + "\n")
-    name = f"{precision}-{devices.replace(':', '').replace(',', '_')}"
+    name = (
+        f"{precision}-{devices.replace(':', '').replace(',', '_')}{'-on-device' if decode_on_device else ''}"
+    )
     summary = workdir / f"summary-{name}.json"
     command = [
         sys.executable,
@@ -443,6 +447,7 @@ def shard_end_to_end(
         f"--fetch-workers={p.fetch_workers}",
         f"--decode-workers={p.decode_workers}",
         f"--summary-path={summary}",
+        f"--decode-on-device={str(decode_on_device).lower()}",
         *([f"--min-size={p.min_size}"] if p.min_size else []),
         *([f"--max-size={p.max_size}"] if p.max_size else []),
     ]
@@ -454,8 +459,10 @@ def shard_end_to_end(
         raise SystemExit(f"the engine failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(summary.read_text())
     metrics = json.loads((workdir / f"shard-{name}" / "metrics" / "shard-00000.json").read_text())
+    devices_ran = json.loads(metrics["devices"])
     return {
-        "devices": ", ".join(d["device"] for d in json.loads(metrics["devices"])),
+        "devices": ", ".join(d["device"] for d in devices_ran),
+        "decoded_on_device": sum(d.get("decoded_on_device", 0) for d in devices_ran),
         "precision": precision,
         "ran_as": metrics["precision"],
         "batch_size": batch_size,
@@ -560,6 +567,7 @@ def markdown(report: dict) -> str:
     shards = markdown_table(
         [
             "devices",
+            "decoded on device",
             "precision",
             "batch",
             "images",
@@ -572,6 +580,7 @@ def markdown(report: dict) -> str:
         [
             [
                 r["devices"],
+                r["decoded_on_device"],
                 r["precision"] + ("" if r["ran_as"] == r["precision"] else f" (ran {r['ran_as']})"),
                 r["batch_size"],
                 r["images"],
@@ -617,17 +626,18 @@ def _map_cell(value: float | None, target: float) -> str:
 
 def _decode_table(d: dict) -> str:
     return markdown_table(
-        ["decode", "images/s"],
+        ["decode", "images", "images/s"],
         [
-            [f"engine: Pillow on {d['cpu_decode_threads']} CPU threads", d["cpu_decode_images_per_s"]],
             [
-                f"{_gpu_decoder(d)}, batches of {d['gpu_decode_detector_batch']}",
-                d["gpu_decode_images_per_s"],
+                f"engine default: Pillow on {d['cpu_decode_threads']} CPU threads",
+                d["images"],
+                d["cpu_decode_images_per_s"],
             ],
             [
-                f"{_gpu_decoder(d)} + Detector ({d['gpu_decode_detector_precision']}), "
-                f"model busy {d['gpu_decode_detector_model_busy']:.0%}",
-                d["gpu_decode_detector_images_per_s"],
+                f"--decode-on-device: {_gpu_decoder(d)}, batches of {d['device_batch']} "
+                f"({d['decoded_on_device']} decoded there)",
+                d["device_decodable"],
+                d["gpu_decode_images_per_s"],
             ],
         ],
     )
@@ -733,15 +743,20 @@ def main() -> int:
     grid, found = throughput_grid(p, loaded, uris)
     fastest = max((r for r in grid if r["precision"] != "fp32") or grid, key=lambda r: r["images_per_s"])
     paths = fast_paths(p, loaded, uris, found[("fp32", AUTO)], fastest, compile=args.compile)
-    detector = Detector(loaded.model, p.device, fastest["ran_as"], p.score_threshold, 50)
     try:
-        decode = decode_comparison(p, detector, uris, fastest["batch_size"])
+        decode = decode_comparison(p, uris, fastest["batch_size"])
     except Exception as exc:  # e.g. a torchvision built without nvJPEG: keep the other figures
         decode = {"error": f"{type(exc).__name__}: {exc}"}
     one_device = "cuda:0" if p.device.type == "cuda" else "cpu"
+    several = p.device.type == "cuda" and torch.cuda.device_count() > 1
     shards = [
-        shard_end_to_end(p, uris, workdir, fastest["precision"], fastest["batch_size"], devices)
-        for devices in (one_device, "auto")
+        shard_end_to_end(p, uris, workdir, fastest["precision"], fastest["batch_size"], devices, on_device)
+        for devices, on_device in [
+            (one_device, False),
+            ("auto", False),
+            (one_device, True),
+            *([("auto", True)] if several else []),
+        ]
     ]
     report = {
         "machine": machine(p),

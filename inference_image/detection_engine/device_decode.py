@@ -15,6 +15,11 @@ so that both decoders define the same pixels and the CPU path's promises hold:
 - the file ends with its EOI marker (a truncated file goes to Pillow, which refuses it as `truncated`);
 - within the pixel limit (the same check as decode.py, on the header's size).
 
+torchvision keeps one nvJPEG decoder per process, for one GPU at a time, behind a lock: asking for another GPU
+re-creates it (and leaks the old one's buffers: its destructor is empty, see torchvision's
+csrc/io/image/cuda/decode_jpegs_cuda.cpp). So a shard with replicas on several GPUs decodes every batch on
+the first GPU that decoded one and copies the pixels to the replica's GPU (uint8, over NVLink or PCIe).
+
 A batch the device decoder raises on is decoded image by image, and an image it raises on alone goes to the
 CPU path (`decode_image`), so an image's result (pixels or error code) never depends on the switch beyond
 rounding. On a CPU the "device" decode is torchvision's libjpeg-turbo, pixel for pixel Pillow's; nvJPEG's
@@ -25,6 +30,7 @@ IDCT and upsampling differ by about a grey level, so on a GPU detections agree b
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +47,8 @@ _SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)  # SOF0 baseline, SOF1 extended sequential
 _NOT_FRAMES = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC share the SOF range
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: markers without a length
 _EXIF_ORIENTATION = 0x0112
+_decoder_gpu: list[torch.device] = []  # the one GPU this process's nvJPEG decoder serves, once claimed
+_decoder_gpu_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,21 @@ def decode_batch(images: Sequence[EncodedJpeg], device: torch.device) -> Decoded
 
 
 def _decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    where = decoder_device(device)
+    decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=where)
+    return [image if where == device else image.to(device, non_blocking=True) for image in decoded]
+
+
+def decoder_device(device: torch.device) -> torch.device:
+    """Where images for `device` are decoded: a CPU on itself; a GPU on the first GPU any replica decoded on
+    (torchvision's one decoder per process: the module docstring)."""
+    if device.type != "cuda":
+        return device
+    with _decoder_gpu_lock:
+        if not _decoder_gpu:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            _decoder_gpu.append(torch.device("cuda", index))
+        return _decoder_gpu[0]
 
 
 def _decode_alone(image: EncodedJpeg, device: torch.device) -> tuple[torch.Tensor | ImageError, bool]:

@@ -283,3 +283,13 @@ def test_a_shard_gives_the_same_rows_with_the_switch_on_one_device_and_on_two(tm
     assert [d["decoded_on_device"] for d in json.loads(plain_metrics["devices"])] == [0]
     assert [d["decoded_on_device"] for d in json.loads(metrics["devices"])] == [on_device]
     assert sum(d["decoded_on_device"] for d in json.loads(paired_metrics["devices"])) == on_device
+
+
+def test_every_gpu_replica_decodes_on_the_first_gpu_that_did(monkeypatch):
+    """torchvision has one nvJPEG decoder per process; switching GPUs would re-create it on every batch."""
+    monkeypatch.setattr(device_decode, "_decoder_gpu", [])
+    assert device_decode.decoder_device(CPU) == CPU
+    assert device_decode.decoder_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert device_decode.decoder_device(torch.device("cuda", 0)) == torch.device("cuda", 1)
+    assert device_decode.decoder_device(torch.device("cuda", 3)) == torch.device("cuda", 1)
+    assert device_decode.decoder_device(CPU) == CPU
