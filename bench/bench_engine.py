@@ -142,6 +142,7 @@ def same(a: Detections, b: Detections) -> bool:
 FAST_PATHS = {
     "channels_last": {"channels_last": True},
     "decode_on_device": {"decode_on_device": True},
+    "prefetch_to_device": {"prefetch_to_device": True},
     "compile": {"compile": True},
     "compile+channels_last": {"compile": True, "channels_last": True},
     "bf16+channels_last": {"channels_last": True, "precision": "bf16"},
@@ -197,6 +198,7 @@ def run_config(
                 decode_workers=2,
                 group_window=config.group_window,
                 decode_on_device=FAST_PATHS.get(config.mode, {}).get("decode_on_device", False),
+                prefetch_to_device=FAST_PATHS.get(config.mode, {}).get("prefetch_to_device", False),
             )
             outcome = run_pipeline(paths, detectors[config.mode], options)
             detections = [r.detections for r in outcome.results]

@@ -6,8 +6,8 @@ Measured, each with the engine's code (`load_replicas`, `Detector`, `run_pipelin
    decode and inference overlapped as in a shard), with the share of wall time the model is busy
    (`infer_s / wall_s`, the engine's own `model_busy_fraction`), mean GPU utilisation (NVML) and peak memory;
 2. agreement with the fp32 default (fp32 at the auto batch), its detections taken as ground truth: COCO box
-   mAP (bench/box_map.py) of every row and of each fast path (the engine's `--channels-last`, `--compile` and
-   `--decode-on-device`, in fp32 and at the fastest reduced precision; compiling is timed apart, in the
+   mAP (bench/box_map.py) of every row and of each fast path (the engine's `--channels-last`, `--compile`,
+   `--decode-on-device` and `--prefetch-to-device`, in fp32 and at the fastest reduced precision; compiling is timed apart, in the
    warm-up); targets: fp32
    variants >= 0.99, reduced precision >= 0.95. Also the older F1 (same label, IoU >= 0.5) against fp32 at
    the same batch size;
@@ -16,7 +16,8 @@ Measured, each with the engine's code (`load_replicas`, `Detector`, `run_pipelin
    differ;
 4. end to end: one shard through `python -m detection_engine` (process start, CUDA init, model load, the data
    path, results Parquet written) at the fastest reduced precision and batch size, on `--devices cuda:0` and on
-   `--devices auto` (every visible GPU, one model replica each), and with `--decode-on-device` on both.
+   `--devices auto` (every visible GPU, one model replica each), and with `--decode-on-device
+   --prefetch-to-device` on both.
 
 Weights: `--weights` when given (DEFAULT, a state dict path, `fitted`, or `none` for random init), else
 torchvision's COCO weights when they are in the torch hub cache, else `fitted`: the random backbone with its
@@ -253,6 +254,7 @@ class FastPath:
     channels_last: bool = False
     compile: bool = False
     decode_on_device: bool = False
+    prefetch_to_device: bool = False
 
 
 # Each timed at the auto batch (detection_engine.fast_paths and device_decode, as the engine's switches).
@@ -261,6 +263,10 @@ FAST_PATHS = [
     FastPath("channels_last", "fastest", channels_last=True),
     FastPath("decode_on_device", "fp32", decode_on_device=True),
     FastPath("decode_on_device", "fastest", decode_on_device=True),
+    FastPath("prefetch_to_device", "fastest", prefetch_to_device=True),
+    FastPath(
+        "decode_on_device + prefetch_to_device", "fastest", decode_on_device=True, prefetch_to_device=True
+    ),
     FastPath("compile", "fp32", compile=True),
     FastPath("compile + channels_last", "fastest", channels_last=True, compile=True),
 ]
@@ -283,6 +289,7 @@ def fast_paths(
             fetch_workers=p.fetch_workers,
             decode_workers=p.decode_workers,
             decode_on_device=path.decode_on_device,
+            prefetch_to_device=path.prefetch_to_device,
         )
         started = time.perf_counter()
         run_pipeline(uris[: max(2 * options.batch_size, 8)], detector, options)  # warm-up (compiles)
@@ -420,14 +427,13 @@ def shard_end_to_end(
     precision: str,
     batch_size: int,
     devices: str,
-    decode_on_device: bool = False,
+    on_device: bool = False,
 ) -> dict:
-    """`python -m detection_engine` on one shard of all the images, timed from spawn to exit."""
+    """`python -m detection_engine` on one shard of all the images, timed from spawn to exit; `on_device`:
+    with `--decode-on-device --prefetch-to-device`."""
     manifest = workdir / "shard.txt"
     manifest.write_text("\n".join(uris) + "\n")
-    name = (
-        f"{precision}-{devices.replace(':', '').replace(',', '_')}{'-on-device' if decode_on_device else ''}"
-    )
+    name = f"{precision}-{devices.replace(':', '').replace(',', '_')}{'-on-device' if on_device else ''}"
     summary = workdir / f"summary-{name}.json"
     command = [
         sys.executable,
@@ -447,7 +453,8 @@ def shard_end_to_end(
         f"--fetch-workers={p.fetch_workers}",
         f"--decode-workers={p.decode_workers}",
         f"--summary-path={summary}",
-        f"--decode-on-device={str(decode_on_device).lower()}",
+        f"--decode-on-device={str(on_device).lower()}",
+        f"--prefetch-to-device={str(on_device).lower()}",
         *([f"--min-size={p.min_size}"] if p.min_size else []),
         *([f"--max-size={p.max_size}"] if p.max_size else []),
     ]
@@ -463,6 +470,10 @@ def shard_end_to_end(
     return {
         "devices": ", ".join(d["device"] for d in devices_ran),
         "decoded_on_device": sum(d.get("decoded_on_device", 0) for d in devices_ran),
+        "fast_paths": ", ".join(
+            k for k, v in json.loads(metrics["fast_paths"]).items() if v not in (False, "off")
+        )
+        or "none",
         "precision": precision,
         "ran_as": metrics["precision"],
         "batch_size": batch_size,
@@ -567,6 +578,7 @@ def markdown(report: dict) -> str:
     shards = markdown_table(
         [
             "devices",
+            "fast paths",
             "decoded on device",
             "precision",
             "batch",
@@ -580,6 +592,7 @@ def markdown(report: dict) -> str:
         [
             [
                 r["devices"],
+                r["fast_paths"],
                 r["decoded_on_device"],
                 r["precision"] + ("" if r["ran_as"] == r["precision"] else f" (ran {r['ran_as']})"),
                 r["batch_size"],

@@ -105,6 +105,10 @@ _FAST_PATH_SWITCHES = (
         "torch.compile the backbone, dynamic shapes, eager if compiling fails (a fast path; BENCHMARKS.md)",
     ),
     (
+        "--prefetch-to-device",
+        "stage each batch on the device (copies; JPEG decode) while the batch before runs (a fast path)",
+    ),
+    (
         "--decode-on-device",
         "decode baseline JPEGs where the model runs (nvJPEG on a GPU, batched), the rest on the CPU (a fast path)",
     ),
@@ -242,6 +246,7 @@ def parse_job(argv: Sequence[str] | None = None) -> ShardJob:
                 timeout_s=args.image_timeout_s,
             ),
             decode_on_device=args.decode_on_device,
+            prefetch_to_device=args.prefetch_to_device,
         ),
         summary_path=args.summary_path,
         log_interval_s=args.log_interval_s,

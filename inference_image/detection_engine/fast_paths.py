@@ -1,5 +1,5 @@
 """The model-side fast paths, each a switch until measured (BENCHMARKS.md), and what a shard records of them
-(with the data path's one, `--decode-on-device`: device_decode.py).
+(with the data path's: `--decode-on-device`, device_decode.py; `--prefetch-to-device`, replicas.py).
 
 `--channels-last` stores the convolution weights NHWC, which cuDNN and oneDNN run faster on some hardware
 (detections unchanged up to float rounding).
@@ -90,7 +90,9 @@ def apply(model: nn.Module, channels_last: bool, compile: bool) -> nn.Module:
     return model
 
 
-def describe(models: Sequence[nn.Module], decode_on_device: bool = False) -> dict:
+def describe(
+    models: Sequence[nn.Module], decode_on_device: bool = False, prefetch_to_device: bool = False
+) -> dict:
     """The shard metrics' `fast_paths`: what actually ran on the replicas (a fallback is recorded as such).
     How many JPEGs each device decoded is in the metrics' `devices`."""
     first = models[0]
@@ -102,6 +104,7 @@ def describe(models: Sequence[nn.Module], decode_on_device: bool = False) -> dic
         and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions),
         "compile": f"eager fallback: {'; '.join(fallbacks)}" if fallbacks else ("on" if compiled else "off"),
         "decode_on_device": decode_on_device,
+        "prefetch_to_device": prefetch_to_device,
     }
 
 

@@ -1,6 +1,10 @@
 """One batch through the model: device copy, autocast (box coordinates kept in fp32: box_precision.py),
 inference mode, threshold and cap, OOM halving.
 
+With `--prefetch-to-device` a batch is staged (`Detector.stage`: its inputs copied, and JPEGs decoded, onto
+the device) while the batch before it runs (`Detector.run`); on CUDA staging runs on a stream of its own, so
+the copies overlap the model's kernels. Without it, `Detector.__call__` does both in turn, as before.
+
 torchvision detectors already map boxes back to each input image's pixels; what is left here is the engine's
 score threshold and detection cap, applied on the device before one copy back to the host per tensor.
 """
@@ -18,7 +22,7 @@ import torch
 
 from detection_engine.box_precision import keep_boxes_in_fp32
 from detection_engine.decode import ImageError, redact
-from detection_engine.preprocess import HostImage, model_inputs
+from detection_engine.preprocess import HostImage, ModelInputs, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,16 @@ class Failed:
     reason: str
 
 
+@dataclass
+class Staged:
+    """A batch staged ahead of its turn: its inputs on the device (ready once `ready` has fired on CUDA), or
+    none when staging failed (out of memory, say): its turn then prepares them itself, halving as it must."""
+
+    images: list[HostImage]
+    inputs: ModelInputs | None = None
+    ready: object | None = None  # a torch.cuda.Event recorded on the staging stream
+
+
 class Detector:
     """Runs batches of host images (HxWx3 uint8 tensors, or JPEGs for the device to decode) through a
     loaded detector.
@@ -72,10 +86,45 @@ class Detector:
         self.max_detections = max_detections
         self.oom_splits = 0
         self.decoded_on_device = 0  # JPEGs whose pixels the device decoded (--decode-on-device)
+        self._staging_stream = None  # CUDA: created by the first stage() call, on the staging thread's device
 
     def __call__(self, images: Sequence[HostImage]) -> list[Detections | Failed]:
         with torch.inference_mode():
             return self._run(list(images))
+
+    def stage(self, images: Sequence[HostImage]) -> Staged:
+        """The batch's inputs prepared on the device ahead of its turn, without touching the model. Called
+        from one staging thread per replica; anything it cannot do is left to `run`, never raised."""
+        images = list(images)
+        try:
+            with torch.inference_mode():
+                if self.device.type != "cuda":
+                    return Staged(images, model_inputs(images, self.device))
+                if self._staging_stream is None:
+                    self._staging_stream = torch.cuda.Stream(device=self.device)
+                with torch.cuda.stream(self._staging_stream):
+                    inputs = model_inputs(images, self.device)
+                    ready = torch.cuda.Event()
+                    ready.record(self._staging_stream)
+                return Staged(images, inputs, ready)
+        except torch.OutOfMemoryError:
+            log.warning("out of memory staging a batch of %d images; its turn prepares it", len(images))
+        except Exception as exc:
+            if _systemic(exc):
+                raise
+            log.warning("staging a batch raised %s; its turn prepares it", type(exc).__name__)
+        return Staged(images)  # the turn meets the problem again, per image or by halving
+
+    def run(self, staged: Staged) -> list[Detections | Failed]:
+        """A staged batch's turn on the model: as `__call__`, starting from the staged inputs."""
+        with torch.inference_mode():
+            if staged.inputs is not None and staged.ready is not None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(staged.ready)
+                for tensor in staged.inputs.images:
+                    if isinstance(tensor, torch.Tensor):
+                        tensor.record_stream(current)  # made on the staging stream, used on this one
+            return self._run(staged.images, staged)
 
     def refusal(self, width: int, height: int) -> str | None:
         """`too_thin: ...` when the model's own resize would leave a side of 0 px (its interpolate raises)."""
@@ -84,15 +133,19 @@ class Detector:
             return None
         return f"too_thin: {width}x{height} resizes to {shape[1]}x{shape[0]} px for this model"
 
-    def _run(self, images: list[HostImage]) -> list[Detections | Failed]:
+    def _run(self, images: list[HostImage], staged: Staged | None = None) -> list[Detections | Failed]:
+        prepared = None
+        if staged is not None:  # take the staged inputs, so that ours is their last reference
+            prepared, staged.inputs = staged.inputs, None
         try:
-            return self._forward(images)
+            return self._forward(images, prepared)
         except torch.OutOfMemoryError:
             pass  # retried below, outside the handler, so the failed attempt's tensors are freed first
         except Exception as exc:
             if _systemic(exc):
                 raise  # the device or the process, not an image: fail the shard (retried)
             return self._bisect(images, exc)
+        prepared = None  # halves are prepared afresh
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         if len(images) == 1:
@@ -116,8 +169,8 @@ class Detector:
         log.warning("a batch of %d images raised %s; bisecting", len(images), type(exc).__name__)
         return self._run(images[:half]) + self._run(images[half:])
 
-    def _forward(self, images: list[HostImage]) -> list[Detections | Failed]:
-        prepared = model_inputs(images, self.device)
+    def _forward(self, images: list[HostImage], prepared: ModelInputs | None) -> list[Detections | Failed]:
+        prepared = prepared if prepared is not None else model_inputs(images, self.device)
         ready = [x for x in prepared.images if not isinstance(x, ImageError)]
         outputs = iter(self._model(ready) if ready else [])
         self.decoded_on_device += prepared.decoded_on_device  # counted once the batch has run (no retry)

@@ -4,7 +4,9 @@
                  (I/O)         (CPU)         (prefetch_batches x batch)     (similar aspect ratios)
 
 With `decode_on_device`, the decode pool only reads the headers of the JPEGs the device can decode
-(device_decode.py) and the Detector decodes them, a batch at a time, where the model runs.
+(device_decode.py) and the Detector decodes them, a batch at a time, where the model runs. With
+`prefetch_to_device`, each replica stages its next batch on the device while it runs the one before
+(replicas.py).
 
 Loads are consumed in manifest order with at most `prefetch_batches * batch_size` in flight, so memory stays
 bounded and a re-run forms the same batches (detections depend slightly on a batch's padding). Images that
@@ -45,6 +47,7 @@ class PipelineOptions:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     read_limits: ReadLimits = field(default_factory=ReadLimits)
     decode_on_device: bool = False  # a fast path (device_decode.py), off until measured
+    prefetch_to_device: bool = False  # a fast path: each batch staged on the device while the one before runs
 
 
 class Stopped(Exception):
@@ -259,7 +262,9 @@ def run_pipeline(
 ) -> PipelineOutcome:
     """Every URI in, exactly one `ImageResult` per URI out, in manifest order; one replica per detector."""
     started = time.perf_counter()
-    replicas = Replicas(list(detector) if isinstance(detector, Sequence) else [detector])
+    replicas = Replicas(
+        list(detector) if isinstance(detector, Sequence) else [detector], options.prefetch_to_device
+    )
     detector = replicas.primary  # refusals depend on the model, the same on every replica
     batch_size = choose_batch_size(options.batch_size, replicas.detectors)
     results: list[ImageResult | None] = [None] * len(uris)

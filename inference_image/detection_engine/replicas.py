@@ -1,10 +1,17 @@
 """One model replica per device, fed by the shard's one fetch/decode pipeline.
 
 The pipeline forms its batches exactly as with one device (same grouping, same sizes), so which batches a
-shard runs never depends on how many devices it has. `Replicas.run` hands each batch to the free replica
-that has had the fewest and gives the outputs back in batch order, so results, progress and batch records
-stay in run order. With one replica the batch runs on the calling thread, as before. Each replica is used
-by one thread at a time, and at most two batches per replica are in flight, so memory stays bounded.
+shard runs never depends on how many devices it has. `Replicas.run` hands each batch to the replica with
+the fewest batches in flight (then the fewest so far) and gives the outputs back in batch order, so results,
+progress and batch records stay in run order. With one replica (and no prefetch) a batch runs on the
+calling thread, as before; otherwise each replica runs its batches one at a time, in the order handed, on a
+thread of its own.
+
+With `prefetch_to_device` each replica also has a staging thread: a batch handed to a replica that is busy
+is staged at once (`Detector.stage`: inputs copied, JPEGs decoded, onto the device; on CUDA on a stream of its
+own) and runs when the batch before it is done, so the copies overlap the model. At most two batches per
+replica are then in flight (one running, one staged), so memory stays bounded; a batch's latency is its turn
+on the model, its staging time is not in it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import TypeVar
 import torch
 
 from detection_engine import fast_paths
-from detection_engine.inference import Detections, Detector, Failed
+from detection_engine.inference import Detections, Detector, Failed, Staged
 from detection_engine.models import LoadedModel, ModelOptions, effective_precision, load_model
 
 log = logging.getLogger(__name__)
@@ -87,10 +94,11 @@ def detectors_for(
 class Replicas:
     """Runs batches over one or more `Detector`s, outputs in batch order, with per-device statistics."""
 
-    def __init__(self, detectors: Sequence[Detector]) -> None:
+    def __init__(self, detectors: Sequence[Detector], prefetch_to_device: bool = False) -> None:
         if not detectors:
             raise ValueError("at least one detector is needed")
         self.detectors = list(detectors)
+        self.prefetch_to_device = prefetch_to_device
         self.stats = [DeviceStats(str(d.device)) for d in self.detectors]
 
     @property
@@ -101,31 +109,40 @@ class Replicas:
         self, batches: Iterable[list[T]], inputs: Callable[[list[T]], list[torch.Tensor]]
     ) -> Iterator[tuple[list[T], Outputs, float]]:
         """(batch, outputs, latency_s) per batch, in the order the batches came."""
-        if len(self.detectors) == 1:
+        if len(self.detectors) == 1 and not self.prefetch_to_device:
             for batch in batches:
-                outputs, latency = self._call(0, batch, inputs)
+                outputs, latency = self._turn(0, batch, inputs, None)
                 yield batch, outputs, latency
             return
-        yield from self._run_parallel(batches, inputs)
+        yield from self._run_queued(batches, inputs)
 
-    def _call(self, replica: int, batch: list[T], inputs) -> tuple[Outputs, float]:
+    def _call(self, replica: int, work: Callable[[], Outputs], images: int) -> tuple[Outputs, float]:
         detector = self.detectors[replica]
         decoded_before = detector.decoded_on_device
         started = time.perf_counter()
-        outputs = detector(inputs(batch))
+        outputs = work()
         latency = time.perf_counter() - started
         stats = self.stats[replica]
         stats.decoded_on_device += detector.decoded_on_device - decoded_before
-        stats.images += len(batch)
+        stats.images += images
         stats.batches += 1
         stats.busy_s += latency
         return outputs, latency
 
-    def _run_parallel(self, batches: Iterable[list[T]], inputs) -> Iterator[tuple[list[T], Outputs, float]]:
+    def _turn(self, replica: int, batch: list[T], inputs, staged: Future[Staged] | None):
+        detector = self.detectors[replica]
+        if staged is None:
+            return self._call(replica, lambda: detector(inputs(batch)), len(batch))
+        ready = staged.result()  # staged on the replica's staging thread, while the batch before ran
+        return self._call(replica, lambda: detector.run(ready), len(batch))
+
+    def _run_queued(self, batches: Iterable[list[T]], inputs) -> Iterator[tuple[list[T], Outputs, float]]:
         count = len(self.detectors)
+        depth = 2 if self.prefetch_to_device else 1  # batches in flight per replica: running (+ staged)
         pending: deque[tuple[list[T], Future, int]] = deque()
-        assigned = [0] * count  # batches handed to each replica: a free replica with the fewest goes next
-        pool = ThreadPoolExecutor(count, thread_name_prefix="replica")
+        assigned = [0] * count  # batches handed to each replica so far
+        turns = [ThreadPoolExecutor(1, thread_name_prefix=f"replica{i}") for i in range(count)]
+        staging = [ThreadPoolExecutor(1, thread_name_prefix=f"stage{i}") for i in range(count)]
 
         def finished_heads() -> Iterator[tuple[list[T], Outputs, float]]:
             while pending and pending[0][1].done():
@@ -133,22 +150,32 @@ class Replicas:
                 outputs, latency = future.result()  # a replica's error fails the shard here
                 yield batch, outputs, latency
 
+        def in_flight(replica: int) -> int:
+            return sum(1 for _, future, r in pending if r == replica and not future.done())
+
         try:
             for batch in batches:
                 while True:
                     yield from finished_heads()
-                    busy = {replica for _, future, replica in pending if not future.done()}
-                    free = sorted((i for i in range(count) if i not in busy), key=lambda i: assigned[i])
-                    if free and len(pending) < 2 * count:
+                    load = [in_flight(r) for r in range(count)]
+                    free = sorted(
+                        (r for r in range(count) if load[r] < depth), key=lambda r: (load[r], assigned[r])
+                    )
+                    if free and len(pending) < 2 * depth * count:
                         break
                     wait([f for _, f, _ in pending if not f.done()], return_when=FIRST_COMPLETED)
                 replica = free[0]
                 assigned[replica] += 1
-                pending.append((batch, pool.submit(self._call, replica, batch, inputs), replica))
+                staged = None
+                if self.prefetch_to_device:
+                    staged = staging[replica].submit(self.detectors[replica].stage, inputs(batch))
+                turn = turns[replica].submit(self._turn, replica, batch, inputs, staged)
+                pending.append((batch, turn, replica))
             while pending:
                 wait([pending[0][1]])
                 yield from finished_heads()
         finally:
             for _, future, _ in pending:
                 future.cancel()
-            pool.shutdown(wait=True)
+            for pool in turns + staging:
+                pool.shutdown(wait=True)

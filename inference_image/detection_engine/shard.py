@@ -122,7 +122,9 @@ def run_shard(job: ShardJob, stop: Callable[[], bool] | None = None) -> dict:
         finished_at=finished_at,
         wall_s=wall_s,
         gpu_utilization=utilization.mean,
-        fast_paths=fast_paths.describe([r.model for r in replicas], job.pipeline.decode_on_device),
+        fast_paths=fast_paths.describe(
+            [r.model for r in replicas], job.pipeline.decode_on_device, job.pipeline.prefetch_to_device
+        ),
         **resume.metrics_fields(),
     )
     write_atomic(results_uri, parquet_bytes(resume.union(results_table(outcome.results, context))))

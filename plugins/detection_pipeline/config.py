@@ -67,7 +67,7 @@ def _field(description: str, schema: dict, default: Any = dataclasses.MISSING, h
 
 # The RunConfig fields that switch the engine's fast paths (detection_engine/fast_paths.py): they change a
 # run's speed, not what it computes beyond rounding.
-FAST_PATH_FIELDS = ("channels_last", "compile", "decode_on_device")
+FAST_PATH_FIELDS = ("channels_last", "compile", "decode_on_device", "prefetch_to_device")
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,13 @@ class RunConfig:
         "Decode baseline JPEGs where the model runs (nvJPEG on a GPU, a batch at a time) instead of on the "
         "pod's CPUs, a fast path; every other image, and any JPEG the device cannot read, is decoded on the "
         "CPU as without it. Not yet measured on a GPU (BENCHMARKS.md).",
+        {"type": "boolean"},
+        default=False,
+    )
+    prefetch_to_device: bool = _field(
+        "Stage each batch on the device (its host-to-device copies and, with decode_on_device, its JPEG "
+        "decode, on a CUDA stream of their own) while the batch before it runs, a fast path; one more batch "
+        "of inputs per GPU in memory. Not yet measured on a GPU (BENCHMARKS.md).",
         {"type": "boolean"},
         default=False,
     )

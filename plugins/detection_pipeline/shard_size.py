@@ -51,11 +51,8 @@ def requested_fast_paths(record: dict) -> tuple[bool, ...] | None:
         return (False,) * len(FAST_PATH_FIELDS)
     try:
         ran = json.loads(recorded)
-        asked = {
-            "channels_last": bool(ran["channels_last"]),
-            "compile": ran["compile"] != "off",
-            "decode_on_device": bool(ran.get("decode_on_device", False)),
-        }
+        asked = {name: bool(ran.get(name, False)) for name in FAST_PATH_FIELDS}
+        asked["compile"] = ran.get("compile", "off") != "off"  # on | off | eager fallback: ...
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     return tuple(asked[name] for name in FAST_PATH_FIELDS)

@@ -269,14 +269,19 @@ def _outcomes(results: pd.DataFrame) -> list:
 
 
 @pytest.mark.timeout(600)
-def test_a_shard_gives_the_same_rows_with_the_switch_on_one_device_and_on_two(tmp_path, write_manifest):
+def test_a_shard_gives_the_same_rows_with_the_switch_on_one_device_and_on_two_and_prefetched(
+    tmp_path, write_manifest
+):
     paths, on_device = _shard_inputs(tmp_path / "images")
     manifest = write_manifest(tmp_path / "shard.txt", paths)
     plain, plain_metrics = _run(tmp_path, manifest, "plain")
     switched, metrics = _run(tmp_path, manifest, "switched", "--decode-on-device")
     paired, paired_metrics = _run(tmp_path, manifest, "paired", "--decode-on-device", "--devices=cpu,cpu")
+    staged, staged_metrics = _run(tmp_path, manifest, "staged", "--decode-on-device", "--prefetch-to-device")
 
-    assert _outcomes(switched) == _outcomes(plain) == _outcomes(paired)
+    assert _outcomes(switched) == _outcomes(plain) == _outcomes(paired) == _outcomes(staged)
+    assert json.loads(staged_metrics["fast_paths"])["prefetch_to_device"] is True
+    assert [d["decoded_on_device"] for d in json.loads(staged_metrics["devices"])] == [on_device]
     assert (plain.status == "ok").sum() == on_device + 4  # and the progressive, rotated, grey, PNG ones
     assert json.loads(plain_metrics["fast_paths"])["decode_on_device"] is False
     assert json.loads(metrics["fast_paths"])["decode_on_device"] is True

@@ -61,6 +61,7 @@ def test_the_compiled_backbone_gives_the_eager_detections_for_every_shape(tiny_o
         "channels_last": False,
         "compile": "on",
         "decode_on_device": False,
+        "prefetch_to_device": False,
     }
 
 
@@ -123,6 +124,7 @@ def test_describe_says_what_ran_on_the_replicas(tiny_options, monkeypatch):
         "channels_last": False,
         "compile": "off",
         "decode_on_device": False,
+        "prefetch_to_device": False,
     }
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
     both = load_replicas(tiny_options(), [torch.device("cpu")] * 2, channels_last=True, compile=True)
@@ -131,6 +133,7 @@ def test_describe_says_what_ran_on_the_replicas(tiny_options, monkeypatch):
         "channels_last": True,
         "compile": "on",
         "decode_on_device": False,
+        "prefetch_to_device": False,
     }
 
 

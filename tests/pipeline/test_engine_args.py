@@ -85,6 +85,7 @@ def test_arguments_are_a_list_of_one_flag_with_its_value_each():
         "--channels-last": "false",  # the fast-path switches, spelled out
         "--compile": "false",
         "--decode-on-device": "false",
+        "--prefetch-to-device": "false",
         "--max-image-bytes": str(64 * 1024 * 1024),  # the read bounds, at their defaults
         "--connect-timeout-s": "10.0",
         "--read-timeout-s": "30.0",
@@ -163,12 +164,17 @@ def test_the_engine_parses_every_argument_back_to_the_config_value():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("compile", [False, True])
-@pytest.mark.parametrize("decode_on_device", [False, True])
-def test_the_fast_path_switches_reach_the_engine_as_set(channels_last, compile, decode_on_device):
+@pytest.mark.parametrize("data_path", [False, True])
+def test_the_fast_path_switches_reach_the_engine_as_set(channels_last, compile, data_path):
     from detection_engine.cli import parse_job
 
-    config = _config(channels_last=channels_last, compile=compile, decode_on_device=decode_on_device)
+    config = _config(
+        channels_last=channels_last,
+        compile=compile,
+        decode_on_device=data_path,
+        prefetch_to_device=not data_path,
+    )
     job = parse_job(_args(config))
 
     assert (job.channels_last, job.compile) == (channels_last, compile)
-    assert job.pipeline.decode_on_device is decode_on_device
+    assert (job.pipeline.decode_on_device, job.pipeline.prefetch_to_device) == (data_path, not data_path)

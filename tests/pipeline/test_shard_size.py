@@ -90,6 +90,7 @@ def test_runs_from_before_a_switch_existed_count_as_without_it():
 
     assert measured_rate(records, _config()) == 10.0
     assert measured_rate(records, _config(decode_on_device=True)) == 30.0
+    assert measured_rate(records, _config(decode_on_device=True, prefetch_to_device=True)) is None
 
 
 def test_only_the_latest_runs_count():

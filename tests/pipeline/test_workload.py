@@ -117,4 +117,5 @@ def test_run_record_carries_a_workload_id_that_ignores_versions_but_not_the_work
     compiled = _record(_config(tmp_path, images, min_size=320, compile=True), uri)["workload_id"]
     nhwc = _record(_config(tmp_path, images, min_size=320, channels_last=True), uri)["workload_id"]
     on_device = _record(_config(tmp_path, images, min_size=320, decode_on_device=True), uri)["workload_id"]
-    assert len({compiled, nhwc, on_device, record["workload_id"]}) == 4
+    staged = _record(_config(tmp_path, images, min_size=320, prefetch_to_device=True), uri)["workload_id"]
+    assert len({compiled, nhwc, on_device, staged, record["workload_id"]}) == 5

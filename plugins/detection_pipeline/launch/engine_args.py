@@ -26,6 +26,7 @@ ENGINE_OPTIONS: dict[str, str] = {
     "channels_last": "--channels-last",
     "compile": "--compile",
     "decode_on_device": "--decode-on-device",
+    "prefetch_to_device": "--prefetch-to-device",
     "max_image_bytes": "--max-image-bytes",
     "connect_timeout_s": "--connect-timeout-s",
     "read_timeout_s": "--read-timeout-s",
