@@ -9,6 +9,10 @@
   bench/bench_gpu.py's measured fastest batch once a GPU row exists.
 
 Every replica runs at the same size, so a shard's batches do not depend on how many devices it has.
+
+No timing probe at shard start, by design: the batch size sets the padding and so, slightly, the detections;
+a size picked from timings would follow timing noise, so a retried shard (or its neighbour in the same run)
+could give other detections for the same image. Memory is the same for every attempt on the same GPU type.
 """
 
 from __future__ import annotations
