@@ -9,9 +9,11 @@ Which JPEGs go to the device is decided from the marker segments before the firs
 so that both decoders define the same pixels and the CPU path's promises hold:
 
 - baseline or extended sequential Huffman coding (SOF0/SOF1), 8-bit, three components, coded as YCbCr (no
-  Adobe transform other than 1: RGB-coded and CMYK/YCCK files stay on the CPU);
+  Adobe transform other than 1, and no components named R, G, B: libjpeg reads those as RGB-coded, so they
+  stay on the CPU, as CMYK/YCCK files do);
 - not a multi-picture file (MPO from phones: the CPU takes the first frame);
-- no EXIF orientation other than 1 (the CPU path applies it; the device decode does not);
+- no orientation other than 1, in EXIF or in XMP (the CPU path applies either, as Pillow reads them; the
+  device decode does not); an EXIF block that does not parse cleanly stays on the CPU too;
 - the file ends with its EOI marker (a truncated file goes to Pillow, which refuses it as `truncated`);
 - within the pixel limit (the same check as decode.py, on the header's size).
 
@@ -30,13 +32,14 @@ IDCT and upsampling differ by about a grey level, so on a GPU detections agree b
 from __future__ import annotations
 
 import logging
+import re
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from detection_engine.decode import ImageError, decode_image
@@ -47,6 +50,9 @@ _SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)  # SOF0 baseline, SOF1 extended sequential
 _NOT_FRAMES = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC share the SOF range
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: markers without a length
 _EXIF_ORIENTATION = 0x0112
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_ORIENTATION = re.compile(rb"tiff:Orientation(?:=\"|>)\s*([0-9]+)")  # Pillow's getexif reads it too
+_RGB_COMPONENT_IDS = b"RGB"  # libjpeg's sign of an RGB-coded file without a JFIF or Adobe segment
 _decoder_gpu: list[torch.device] = []  # the one GPU this process's nvJPEG decoder serves, once claimed
 _decoder_gpu_lock = threading.Lock()
 
@@ -110,7 +116,9 @@ def _frame_header(data: bytes) -> tuple[int, int] | None:
                 int.from_bytes(segment[3:5], "big"),
                 segment[5],
             )
-            if precision != 8 or components != 3 or height == 0 or width == 0:
+            if precision != 8 or components != 3 or height == 0 or width == 0 or len(segment) < 15:
+                return None
+            if bytes(segment[6:15:3]) == _RGB_COMPONENT_IDS:
                 return None
             frame = (height, width)
         elif not _app_segment_allows(marker, segment):
@@ -125,13 +133,32 @@ def _app_segment_allows(marker: int, segment: bytes) -> bool:
     if marker == 0xE2 and segment.startswith(b"MPF\x00"):  # APP2: a multi-picture file
         return False
     if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
-        exif = Image.Exif()
         try:
-            exif.load(segment)
-        except Exception:  # a damaged EXIF block: the CPU path keeps the pixels unrotated, as it says
-            return False
-        return exif.get(_EXIF_ORIENTATION, 1) == 1
+            return _exif_orientations(segment[6:]) <= {1}
+        except (struct.error, ValueError):
+            return False  # not clean: how Pillow reads it is its business, on the CPU path
+    if marker == 0xE1 and segment.startswith(_XMP):
+        return all(value == b"1" for value in _XMP_ORIENTATION.findall(segment))
     return True
+
+
+def _exif_orientations(tiff: bytes) -> set[int]:
+    """Every orientation entry of the first IFD (where Pillow reads it); raises on a malformed block."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None:
+        raise ValueError("no byte order")
+    magic, offset = struct.unpack(order + "HI", tiff[2:8])
+    if magic != 42:
+        raise ValueError("not TIFF")
+    (count,) = struct.unpack(order + "H", tiff[offset : offset + 2])
+    found = set()
+    for start in range(offset + 2, offset + 2 + 12 * count, 12):
+        tag, kind, values = struct.unpack(order + "HHI", tiff[start : start + 8])
+        if tag == _EXIF_ORIENTATION:
+            if kind != 3 or values != 1:  # one SHORT, as the standard has it
+                raise ValueError("odd orientation entry")
+            found.add(struct.unpack(order + "H", tiff[start + 8 : start + 10])[0])
+    return found
 
 
 @dataclass

@@ -46,6 +46,9 @@ def _jpeg(
     subsampling=2,
     quality=85,
     orientation=None,
+    xmp_orientation=None,
+    xmp_form="attribute",
+    adobe_transform=None,
 ) -> bytes:
     image = Image.fromarray(_pixels(width, height, seed)).convert(mode)
     kwargs = {"quality": quality, "progressive": progressive}
@@ -55,9 +58,38 @@ def _jpeg(
         exif = Image.Exif()
         exif[ORIENTATION] = orientation
         kwargs["exif"] = exif.tobytes()
+    if xmp_orientation is not None:
+        kwargs["xmp"] = _xmp(xmp_orientation, xmp_form)
     out = io.BytesIO()
     image.save(out, "JPEG", **kwargs)
-    return out.getvalue()
+    data = out.getvalue()
+    if (
+        adobe_transform is not None
+    ):  # an Adobe APP14 segment right after SOI: version, flags, colour transform
+        adobe = b"Adobe" + b"\x00\x64" + b"\x00\x00" * 2 + bytes([adobe_transform])
+        data = data[:2] + b"\xff\xee" + (len(adobe) + 2).to_bytes(2, "big") + adobe + data[2:]
+    return data
+
+
+def _xmp(orientation: int, form: str) -> bytes:
+    tiff = 'xmlns:tiff="http://ns.adobe.com/tiff/1.0/"'
+    if form == "attribute":
+        description = f'<rdf:Description {tiff} tiff:Orientation="{orientation}"/>'
+    else:
+        description = (
+            f"<rdf:Description {tiff}><tiff:Orientation>{orientation}</tiff:Orientation></rdf:Description>"
+        )
+    rdf = 'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"'
+    return f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF {rdf}>{description}</rdf:RDF></x:xmpmeta>'.encode()
+
+
+def _rgb_coded(data: bytes) -> bytes:
+    """The file with its three components renamed R, G, B (their ids in the SOF0 segment)."""
+    sof = data.index(b"\xff\xc0")
+    ids = sof + 4 + 6  # marker, length, then precision, height, width, count; then (id, sampling, table) x 3
+    named = bytearray(data)
+    named[ids], named[ids + 3], named[ids + 6] = b"RGB"
+    return bytes(named)
 
 
 @st.composite
@@ -73,6 +105,9 @@ def jpeg_files(draw) -> bytes:
         subsampling=draw(st.sampled_from([0, 1, 2])),
         quality=draw(st.integers(5, 100)),
         orientation=draw(st.sampled_from([None, 1, 1, *range(2, 9)])),
+        xmp_orientation=draw(st.sampled_from([None, None, 1, *range(2, 9)])),
+        xmp_form=draw(st.sampled_from(["attribute", "element"])),
+        adobe_transform=draw(st.sampled_from([None, None, 0, 1, 2])),
     )
     damage = draw(st.sampled_from(["none", "none", "cut", "byte", "trailing"]))
     if damage == "cut":
@@ -145,12 +180,28 @@ def test_camera_jpegs_are_decoded_on_the_device(width, height, subsampling, qual
         _jpeg(progressive=True),  # progressive: the CPU path
         _jpeg(mode="L"),  # one component
         _jpeg(mode="CMYK"),  # four components (Adobe)
+        _jpeg(adobe_transform=0),  # three components, RGB-coded (Adobe)
         _jpeg(orientation=6),  # rotated by EXIF: the CPU path applies it
+        _jpeg(xmp_orientation=8),  # rotated by XMP: Pillow reads that too
+        _jpeg(xmp_orientation=3, xmp_form="element"),
         _jpeg()[:-1],  # no EOI: maybe truncated, Pillow decides
         _jpeg()[:2] + b"\xff\xe2\x00\x06MPF\x00" + _jpeg()[2:],  # multi-picture (phones' MPO)
         _jpeg().replace(b"\xff\xc0", b"\xff\xc9", 1),  # arithmetic coding
+        _rgb_coded(_jpeg()),  # components named R, G, B: libjpeg reads them as RGB, not YCbCr
     ],
-    ids=["progressive", "grey", "cmyk", "rotated", "no-eoi", "mpo", "arithmetic"],
+    ids=[
+        "progressive",
+        "grey",
+        "cmyk",
+        "adobe-rgb",
+        "rotated",
+        "xmp-rotated",
+        "xmp-element",
+        "no-eoi",
+        "mpo",
+        "arithmetic",
+        "rgb-coded",
+    ],
 )
 def test_jpegs_the_device_decoder_may_read_differently_stay_on_the_cpu(data):
     assert device_decodable(data, LIMIT) is None
