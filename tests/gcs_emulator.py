@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -28,6 +29,16 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 _HOST = "127.0.0.1"
 _STARTUP_TIMEOUT_S = 30.0
 _bucket_numbers = itertools.count()
+
+
+def object_bytes(size: int, seed: int) -> bytes:
+    """`size` seeded random bytes for an object, never ending in a carriage return: gcp-storage-emulator's
+    upload parsing drops an object's final CR (real GCS keeps it), which failed 1 run in 256 of tests that
+    used os.urandom."""
+    data = bytearray(random.Random(seed).randbytes(size))
+    if data and data[-1] == 0x0D:
+        data[-1] = 0x0A
+    return bytes(data)
 
 
 class GcsEmulator:
@@ -95,6 +106,8 @@ class GcsEmulator:
         return f"gs://{name}"
 
     def put(self, uri: str, data: bytes) -> None:
+        if data.endswith(b"\r"):  # would be stored one byte short: a flaky test, not a finding (object_bytes)
+            raise ValueError("the emulator drops an object's final carriage return; real GCS keeps it")
         self.fs.pipe_file(_path(uri), data)
 
     def get(self, uri: str) -> bytes:

@@ -13,6 +13,7 @@ import pytest
 
 from detection_engine import bounded_read, storage
 from detection_engine.storage import ReadLimits, ReadRefused, filesystem_for
+from tests.gcs_emulator import object_bytes
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:
@@ -94,7 +95,7 @@ def gcs_requests(monkeypatch) -> list[tuple[str, str]]:
 def test_a_gcs_object_is_read_with_one_request_and_refused_with_fetch_codes(
     gcs_emulator, gcs_bucket, gcs_requests
 ):
-    photo = os.urandom(3 << 20)
+    photo = object_bytes(3 << 20, seed=1)
     gcs_emulator.put(f"{gcs_bucket}/in/photo.jpg", photo)
     gcs_emulator.put(f"{gcs_bucket}/in/empty.jpg", b"")
     gcs_emulator.put(f"{gcs_bucket}/in/folder/a.jpg", b"x")
@@ -131,9 +132,9 @@ def test_a_range_on_an_empty_gcs_object_is_an_empty_read_not_an_error():
 @pytest.mark.timeout(120)
 def test_a_large_gcs_object_comes_in_bounded_ranges(gcs_emulator, gcs_bucket, gcs_requests, monkeypatch):
     monkeypatch.setattr(bounded_read, "GCS_GET_BYTES", 1 << 20)
-    data = os.urandom((2 << 20) + 5)
+    data = object_bytes((2 << 20) + 5, seed=2)
     gcs_emulator.put(f"{gcs_bucket}/list.txt", data)
-    exact = os.urandom(1 << 20)  # a last range that starts at the end
+    exact = object_bytes(1 << 20, seed=3)  # a last range that starts at the end
     gcs_emulator.put(f"{gcs_bucket}/exact.txt", exact)
     gcs_requests.clear()
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from detection_engine import catalog
 from detection_pipeline import preflight
 from detection_pipeline.config import ConfigError, RunConfig
+from tests.gcs_emulator import object_bytes
 from tests.hostile_servers import fixed_http_server
 
 
@@ -102,7 +103,7 @@ def test_a_store_that_fails_to_serve_the_file_is_retryable_not_a_config_error():
 
 
 def test_a_state_dict_on_gcs_is_hashed_in_place(gcs_bucket, tmp_path):
-    data = os.urandom(3 << 20)  # several of the reader's chunks
+    data = object_bytes(3 << 20, seed=1)  # several of the reader's chunks
     uri = f"{gcs_bucket}/models/detector.pth"
     with fsspec.open(uri, "wb") as fh:
         fh.write(data)
