@@ -167,14 +167,16 @@ class RunConfig:
     decode_on_device: bool = _field(
         "Decode baseline JPEGs where the model runs (nvJPEG on a GPU, a batch at a time) instead of on the "
         "pod's CPUs, a fast path; every other image, and any JPEG the device cannot read, is decoded on the "
-        "CPU as without it. Not yet measured on a GPU (BENCHMARKS.md).",
+        "CPU as without it. On a CPU: the same detections, bit for bit, at the same speed; not yet measured "
+        "on a GPU (BENCHMARKS.md).",
         {"type": "boolean"},
         default=False,
     )
     prefetch_to_device: bool = _field(
         "Stage each batch on the device (its host-to-device copies and, with decode_on_device, its JPEG "
         "decode, on a CUDA stream of their own) while the batch before it runs, a fast path; one more batch "
-        "of inputs per GPU in memory. Not yet measured on a GPU (BENCHMARKS.md).",
+        "of inputs per GPU in memory. On a CPU: the same detections, speed within noise; not yet measured "
+        "on a GPU (BENCHMARKS.md).",
         {"type": "boolean"},
         default=False,
     )
