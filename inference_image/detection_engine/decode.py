@@ -128,6 +128,19 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         image.close()
 
 
+def decode_or_error(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | ImageError:
+    """`decode_image`, with every failure that is the image's as its `ImageError` (anything unmapped is
+    `corrupt`); out of memory is the process's and propagates."""
+    try:
+        return decode_image(data, max_pixels)
+    except ImageError as exc:
+        return exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        return ImageError("corrupt", f"{type(exc).__name__}: {exc}")
+
+
 def _open(data: bytes) -> Image.Image:
     """Parse the header only: format, mode and size, no pixels yet."""
     try:

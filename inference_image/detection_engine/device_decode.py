@@ -38,11 +38,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from detection_engine.decode import ImageError, decode_image
+from detection_engine.decode import ImageError, decode_or_error
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +214,7 @@ def _decode_alone(image: EncodedJpeg, device: torch.device) -> tuple[torch.Tenso
 
 
 def _cpu_decode(image: EncodedJpeg, device: torch.device) -> torch.Tensor | ImageError:
-    try:
-        pixels = decode_image(image.data.numpy().tobytes(), image.max_pixels)
-    except ImageError as exc:
-        return exc
-    except MemoryError:
-        raise
-    except Exception as exc:  # as the decode threads do: anything unmapped is still this image's error
-        return ImageError("corrupt", f"{type(exc).__name__}: {exc}")
-    return torch.from_numpy(np.ascontiguousarray(pixels).copy()).to(device).permute(2, 0, 1)
+    pixels = decode_or_error(image.data.numpy().tobytes(), image.max_pixels)  # as the decode threads do
+    if isinstance(pixels, ImageError):
+        return pixels
+    return torch.from_numpy(pixels.copy()).to(device).permute(2, 0, 1)  # the decoder's arrays are read-only

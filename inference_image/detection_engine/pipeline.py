@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from detection_engine.auto_batch import AUTO, choose_batch_size
 from detection_engine.cpus import usable_cpus
-from detection_engine.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from detection_engine.decode import DEFAULT_MAX_PIXELS, ImageError, decode_or_error
 from detection_engine.device_decode import device_decodable
 from detection_engine.fetch import fetch_bytes
 from detection_engine.inference import Detections, Detector, Failed
@@ -174,16 +174,10 @@ class Loader:
             if item.tensor is not None:
                 item.decode_s = time.perf_counter() - started
                 return item
-        image = None
-        try:
-            image = decode_image(data, self._max_pixels)
-        except ImageError as exc:
-            item.error = exc.reason
-        except MemoryError:
-            raise  # the process, not the image: fail the shard
-        except Exception as exc:  # decode maps what it knows; anything else is still one error row
-            item.error = ImageError("corrupt", f"{type(exc).__name__}: {exc}").reason
-        if image is not None:
+        image = decode_or_error(data, self._max_pixels)
+        if isinstance(image, ImageError):
+            item.error = image.reason
+        else:
             item.tensor = host_tensor(image, self._pin)
         item.decode_s = time.perf_counter() - started
         return item

@@ -270,3 +270,24 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt)
     return buffer.getvalue()
+
+
+def test_decode_or_error_gives_every_failure_of_the_image_as_its_error_and_nothing_else(monkeypatch):
+    from detection_engine import decode
+
+    assert decode.decode_or_error(b"").code == "empty_file"
+    good = io.BytesIO()
+    Image.new("RGB", (4, 3), (1, 2, 3)).save(good, "PNG")
+    assert decode.decode_or_error(good.getvalue()).shape == (3, 4, 3)
+
+    def raises(error):
+        def decode_image(data, max_pixels):
+            raise error
+
+        monkeypatch.setattr(decode, "decode_image", decode_image)
+
+    raises(RuntimeError("a plugin bug"))  # unmapped: still this image's error, never the shard's
+    assert decode.decode_or_error(b"x").reason == "corrupt: RuntimeError: a plugin bug"
+    raises(MemoryError())  # the process's, not the image's
+    with pytest.raises(MemoryError):
+        decode.decode_or_error(b"x")

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from detection_engine import cli, device_decode, layout
-from detection_engine.decode import ImageError, decode_image
+from detection_engine.decode import ImageError, decode_image, decode_or_error
 from detection_engine.device_decode import EncodedJpeg, decode_batch, device_decodable
 from detection_engine.inference import Detector
 from detection_engine.models import load_model
@@ -121,10 +121,9 @@ def jpeg_files(draw) -> bytes:
 
 
 def _cpu_outcome(data: bytes, limit: int):
-    try:
-        return ("pixels", decode_image(data, limit))
-    except ImageError as exc:
-        return ("error", exc.code)
+    """What the decode threads make of the bytes without the switch."""
+    pixels = decode_or_error(data, limit)
+    return ("error", pixels.code) if isinstance(pixels, ImageError) else ("pixels", pixels)
 
 
 def _switched_outcome(data: bytes, limit: int):
