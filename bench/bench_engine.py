@@ -192,13 +192,14 @@ def run_config(
         if config.mode == "naive":
             detections, busy = naive_loop(model, paths), None
         else:
+            switches = FAST_PATHS.get(config.mode, {})
             options = PipelineOptions(
                 batch_size=config.batch_size,
                 fetch_workers=4,
                 decode_workers=2,
                 group_window=config.group_window,
-                decode_on_device=FAST_PATHS.get(config.mode, {}).get("decode_on_device", False),
-                prefetch_to_device=FAST_PATHS.get(config.mode, {}).get("prefetch_to_device", False),
+                decode_on_device=switches.get("decode_on_device", False),
+                prefetch_to_device=switches.get("prefetch_to_device", False),
             )
             outcome = run_pipeline(paths, detectors[config.mode], options)
             detections = [r.detections for r in outcome.results]
