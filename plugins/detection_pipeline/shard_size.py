@@ -53,7 +53,11 @@ def requested_fast_paths(record: dict) -> tuple[bool, ...] | None:
         ran = json.loads(recorded)
         asked = {name: bool(ran.get(name, False)) for name in FAST_PATH_FIELDS}
         asked["compile"] = ran.get("compile", "off") != "off"  # on | off | eager fallback: ...
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+    ):  # not JSON (a mixed run's ' | '-joined values), not an object
         return None
     return tuple(asked[name] for name in FAST_PATH_FIELDS)
 

@@ -29,6 +29,12 @@ CHEAP_MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
 MIXED_SIZES = [(96, 64), (64, 96), (120, 80), (128, 128), (80, 120), (150, 100), (100, 100), (64, 96)]
 
 
+def exact_detections(result) -> tuple | None:
+    """An ImageResult's detections as bytes, for comparing two runs bit for bit (None: no detections)."""
+    d = result.detections
+    return None if d is None else (d.boxes.tobytes(), d.scores.tobytes(), d.labels.tolist())
+
+
 def _tiny_options(name: str = CHEAP_MODEL, **overrides) -> ModelOptions:
     values = {
         "name": name,

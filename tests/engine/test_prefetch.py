@@ -12,21 +12,16 @@ import torch
 from detection_engine import inference
 from detection_engine.pipeline import PipelineOptions, run_pipeline
 from detection_engine.replicas import detectors_for, load_replicas
-from tests.engine.conftest import MIXED_SIZES
+from tests.engine.conftest import MIXED_SIZES, exact_detections
 
 CPU = torch.device("cpu")
-
-
-def _detections(result) -> tuple | None:
-    d = result.detections
-    return None if d is None else (d.boxes.tobytes(), d.scores.tobytes(), d.labels.tolist())
 
 
 def _outcome(outcome) -> tuple:
     return (
         outcome.batches,
         [(r.uri, r.error, r.width, r.height) for r in outcome.results],
-        [_detections(r) for r in outcome.results],
+        [exact_detections(r) for r in outcome.results],
     )
 
 
@@ -54,32 +49,29 @@ def test_prefetching_changes_no_batch_row_or_detection(uris, tiny_options, devic
 @pytest.mark.timeout(300)
 def test_the_next_batch_is_staged_on_its_own_thread_while_the_one_before_runs(uris, tiny_options):
     (detector,) = detectors_for(load_replicas(tiny_options(), [CPU]), 0.01, 20)
-    events: list[tuple[str, int, float, str]] = []  # (what, batch number, time, thread)
+    events: list[tuple[str, float, str]] = []  # (what, when, on which thread)
     stage, run = detector.stage, detector.run
 
     def staging(images):
-        number = sum(1 for e in events if e[0] == "staged")
-        events.append(("staging", number, time.perf_counter(), threading.current_thread().name))
-        staged = stage(images)
-        events.append(("staged", number, time.perf_counter(), threading.current_thread().name))
-        return staged
+        events.append(("staging", time.perf_counter(), threading.current_thread().name))
+        return stage(images)
 
     def running(staged):
         outputs = run(staged)
-        events.append(("ran", 0, time.perf_counter(), threading.current_thread().name))
+        events.append(("ran", time.perf_counter(), threading.current_thread().name))
         return outputs
 
     detector.stage, detector.run = staging, running
     options = PipelineOptions(batch_size=2, decode_workers=1, prefetch_to_device=True)
     outcome = run_pipeline(uris, [detector], options)
 
-    ran = [t for what, _, t, _ in events if what == "ran"]
-    staging_started = [t for what, _, t, _ in events if what == "staging"]
+    ran = [t for what, t, _ in events if what == "ran"]
+    staging_started = [t for what, t, _ in events if what == "staging"]
     assert len(ran) == len(staging_started) == len(outcome.batches)
     # Batch k+1 began staging before batch k's turn ended, for some k (for all, unless loading lagged).
     assert any(staging_started[k + 1] < ran[k] for k in range(len(ran) - 1))
-    assert {thread for what, _, _, thread in events if what == "staging"} == {"stage0_0"}
-    assert {thread for what, _, _, thread in events if what == "ran"} == {"replica0_0"}
+    assert {thread for what, _, thread in events if what == "staging"} == {"stage0_0"}
+    assert {thread for what, _, thread in events if what == "ran"} == {"replica0_0"}
 
 
 @pytest.mark.timeout(300)

@@ -13,12 +13,7 @@ import torch
 from detection_engine import cli, layout
 from detection_engine.pipeline import PipelineOptions, run_pipeline
 from detection_engine.replicas import detectors_for, load_replicas
-from tests.engine.conftest import MIXED_SIZES
-
-
-def _detections(result) -> tuple | None:
-    d = result.detections
-    return None if d is None else (d.boxes.tobytes(), d.scores.tobytes(), d.labels.tolist())
+from tests.engine.conftest import MIXED_SIZES, exact_detections
 
 
 def test_two_replicas_give_every_input_once_with_one_devices_batches_and_detections(
@@ -40,7 +35,7 @@ def test_two_replicas_give_every_input_once_with_one_devices_batches_and_detecti
     assert [r.uri for r in paired.results] == uris
     assert paired.batches == single.batches  # batches do not depend on the number of devices
     assert [r.error for r in paired.results] == [r.error for r in single.results]
-    assert [_detections(r) for r in paired.results] == [_detections(r) for r in single.results]
+    assert [exact_detections(r) for r in paired.results] == [exact_detections(r) for r in single.results]
     ok = sum(r.error is None for r in paired.results)
     assert [d["device"] for d in paired.devices] == ["cpu", "cpu"]
     assert sum(d["images"] for d in paired.devices) == ok == sum(len(b) for b in paired.batches)
