@@ -9,7 +9,11 @@
 The backbone is where a detector spends its time (about 70% of Faster R-CNN R50-FPN's CPU time per image;
 the RPN, RoI heads and NMS are the rest, full of data-dependent shapes), so it alone is compiled, with
 dynamic shapes: images arrive in many sizes, and one graph generalised over height and width compiles once
-(about 30 s on a 2-core CPU) instead of once per new shape. Padding batches to a few fixed shape buckets would
+(about 30 s on a 2-core CPU) instead of once per new shape. Not once for every input, though: the compiler
+guards on facts of the shapes it traced (a batch of one against several; on torch 2.11 the parity of the
+stride-32 height and width, so the benchmark's eight photo shapes at 800 px take three graphs, one on the
+pinned 2.14.1), and an input outside them compiles another graph at its first batch. Each is logged with its
+seconds and counted (`CompiledBackbone.graphs`, `compile_s`), which bench_gpu reports. Padding batches to a few fixed shape buckets would
 let the compiler specialise further but changes detections near the borders (torchvision pads with zeros),
 so it is not done; BENCHMARKS.md has the figures. On a CPU, Inductor's freezing folds the weights into the
 graph (oneDNN's prepacked convolutions); on CUDA it generates Triton kernels.
@@ -24,6 +28,7 @@ Detector's per-image isolation as before.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import torch
@@ -44,6 +49,8 @@ class CompiledBackbone(nn.Module):
         # Not a submodule: the state dict and device moves see the eager backbone once, under its own name.
         object.__setattr__(self, "_compiled", torch.compile(backbone, dynamic=True))
         self.fallback_reason: str | None = None
+        self.graphs = 0  # graphs compiled for this backbone's calls (dynamo's counter: process-wide)
+        self.compile_s = 0.0  # wall seconds of the calls that compiled one
 
     @property
     def compiled(self) -> bool:
@@ -53,8 +60,9 @@ class CompiledBackbone(nn.Module):
     def forward(self, images: torch.Tensor):
         if not self.compiled:
             return self.eager(images)
+        graphs_before, started = _graphs_compiled(), time.perf_counter()
         try:
-            return self._compiled(images)
+            features = self._compiled(images)
         except torch.OutOfMemoryError:
             raise  # the Detector halves the batch
         except Exception as exc:
@@ -63,6 +71,25 @@ class CompiledBackbone(nn.Module):
             self.fallback_reason = redact_line(f"{type(exc).__name__}: {first_line}", 200)
             log.warning("torch.compile failed (%s); the backbone runs eagerly", self.fallback_reason)
             return features
+        if (new := _graphs_compiled() - graphs_before) > 0:
+            seconds = time.perf_counter() - started
+            self.graphs += new
+            self.compile_s += seconds
+            log.info(
+                "torch.compile: backbone graph %d compiled for input %s in %.1f s (inputs the compiler's guards "
+                "group with it reuse it)",
+                self.graphs,
+                "x".join(map(str, images.shape)),
+                seconds,
+            )
+        return features
+
+
+def _graphs_compiled() -> int:
+    """Graphs TorchDynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def compile_backbone(model: nn.Module) -> nn.Module:
