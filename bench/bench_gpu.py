@@ -28,6 +28,10 @@ one's detections are confident and separated like a trained model's.
     .venv/bin/python bench/bench_gpu.py --quick --out gpu.json       # <= 6 min on one H200: BENCHMARKS.md's tables
     .venv/bin/python bench/bench_gpu.py --quick --no-compile         # the same without the two compiles
     .venv/bin/python bench/bench_gpu.py --allow-cpu                  # tiny smoke run on CPU: the script works
+    .venv/bin/python bench/bench_gpu.py --tables-from gpu.json       # the tables of a saved run
+
+For a short lease: `--out` is rewritten after each section, and `--budget-s` (420 s with `--quick`) skips the
+rows that would start after it, listing them; the fp32 reference row always runs.
 
 Without CUDA the script refuses (exit 2) unless `--allow-cpu`, which runs it tiny (16 images at ~100 px, model
 size 64, batches auto, 1 and 8, one run; fp16/bf16 fall back to fp32 on CPU as in the engine) to show it works, not
@@ -49,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +75,7 @@ from detection_engine import fast_paths as engine_fast_paths  # noqa: E402
 from detection_engine.auto_batch import AUTO, choose_batch_size, parse_batch_size  # noqa: E402
 from detection_engine.decode import DEFAULT_MAX_PIXELS, decode_image  # noqa: E402
 from detection_engine.device_decode import decode_batch, device_decodable  # noqa: E402
+from detection_engine.fast_paths import CompiledBackbone  # noqa: E402
 from detection_engine.fetch import fetch_bytes  # noqa: E402
 from detection_engine.inference import Detections, Detector  # noqa: E402
 from detection_engine.metrics import UtilizationSampler  # noqa: E402
@@ -95,6 +101,8 @@ TARGET_BUSY, TARGET_IMAGES_PER_S = 0.90, 400.0
 TARGET_MAP = {"fp32": 0.99, "fp16": 0.95, "bf16": 0.95}  # COCO box mAP against the fp32 default's detections
 FITTED, FITTED_STEPS = "fitted", 300
 QUICK_IMAGES, QUICK_BATCH_SIZES = 384, [AUTO, 8, 16]
+# A lease is 15 device minutes and a command at most 10: the quick run stops starting new rows after this.
+QUICK_BUDGET_S = 420.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,23 @@ class Plan:
     score_threshold: float
     fetch_workers: int
     decode_workers: int
+
+
+@dataclass
+class Budget:
+    """Seconds the run may take before it skips what is left, so that a short GPU lease (a command's 10
+    minutes, the session's 15) still ends with tables: what ran is reported, what was skipped is listed."""
+
+    seconds: float | None
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+    def allows(self, what: str) -> bool:
+        if self.seconds is None or time.perf_counter() - self.started < self.seconds:
+            return True
+        self.skipped.append(what)
+        print(f"bench_gpu: time budget of {self.seconds:.0f} s spent; skipping {what}", file=sys.stderr)
+        return False
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -187,13 +212,17 @@ def materialise_weights(p: Plan, workdir: Path) -> Plan:
 # -- 1 and 2: throughput, model busy, agreement -----------------------------------------------------
 
 
-def throughput_grid(p: Plan, loaded, uris: list[str]) -> tuple[list[dict], dict]:
-    """Every (precision, batch size) through run_pipeline; returns rows and each one's detections."""
+def throughput_grid(p: Plan, loaded, uris: list[str], budget: Budget) -> tuple[list[dict], dict]:
+    """Every (precision, batch size) through run_pipeline; returns rows and each one's detections. The fp32
+    auto row runs whatever the budget: it is the reference for agreement."""
     rows, found = [], {}
     for requested in p.precisions:
         precision = effective_precision(requested, p.device)
         detector = Detector(loaded.model, p.device, precision, p.score_threshold, 50)
         for requested_batch in p.batch_sizes:
+            reference = requested == "fp32" and requested_batch == AUTO
+            if not reference and not budget.allows(f"grid {requested} batch {requested_batch}"):
+                continue
             batch_size = choose_batch_size(requested_batch, [detector])
             options = PipelineOptions(
                 batch_size=batch_size, fetch_workers=p.fetch_workers, decode_workers=p.decode_workers
@@ -272,15 +301,26 @@ FAST_PATHS = [
 
 
 def fast_paths(
-    p: Plan, loaded, uris: list[str], default: list, fastest: dict, compile: bool = True
+    p: Plan,
+    loaded,
+    uris: list[str],
+    default: list,
+    fastest: dict,
+    budget: Budget,
+    compile: bool = True,
+    after_row: Callable[[list[dict]], None] = lambda rows: None,
 ) -> list[dict]:
     """Each fast path on a copy of the model, at the auto batch, scored against the fp32 default's
-    detections. The compiled rows' warm-up is where compiling happens: reported apart (a per-shard cost)."""
+    detections. The compiled rows' warm-up is where compiling happens: reported apart (a per-shard cost),
+    with the graphs compiled in it and, should an input outside their guards come later, while timed."""
     rows = []
     for path in FAST_PATHS:
         if path.compile and not compile:
             continue
         precision = fastest["ran_as"] if path.precision == "fastest" else "fp32"
+        label = path.name if precision == "fp32" else f"{path.name} + {precision}"
+        if not budget.allows(f"fast path {label}"):
+            continue
         model = engine_fast_paths.apply(copy.deepcopy(loaded.model), path.channels_last, path.compile)
         detector = Detector(model, p.device, precision, p.score_threshold, 50)
         options = PipelineOptions(
@@ -293,15 +333,18 @@ def fast_paths(
         started = time.perf_counter()
         run_pipeline(uris[: max(2 * options.batch_size, 8)], detector, options)  # warm-up (compiles)
         warm_up_s = time.perf_counter() - started
+        graphs_warm_up = compiled_graphs(model)
         outcome = run_pipeline(uris, detector, options)
         ran = engine_fast_paths.describe([model])
-        label = path.name if precision == "fp32" else f"{path.name} + {precision}"
+        graphs_timed = None if graphs_warm_up is None else compiled_graphs(model) - graphs_warm_up
         rows.append(
             {
                 "fast_path": label + ("" if ran["compile"] in ("on", "off") else f" ({ran['compile']})"),
                 "precision": precision,
                 "batch_size": options.batch_size,
                 "warm_up_s": round(warm_up_s, 1),
+                "graphs_warm_up": graphs_warm_up,
+                "graphs_timed": graphs_timed,  # > 0: the images/s include compiling
                 "images_per_s": round(len(uris) / outcome.wall_s, 1),
                 "model_busy": round(outcome.infer_s / outcome.wall_s, 3),
                 "map_vs_fp32_default": _map(default, [r.detections for r in outcome.results]),
@@ -309,8 +352,15 @@ def fast_paths(
             }
         )
         print(f"  fast path {label}: {rows[-1]['images_per_s']} images/s", file=sys.stderr)
+        after_row(rows)
         del detector, model
     return rows
+
+
+def compiled_graphs(model) -> int | None:
+    """Graphs the engine's compiled backbone has compiled so far (None: not compiled)."""
+    backbone = getattr(model, "backbone", None)
+    return backbone.graphs if isinstance(backbone, CompiledBackbone) else None
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -550,6 +600,7 @@ def markdown(report: dict) -> str:
             "precision",
             "batch",
             "warm-up s (compiles)",
+            "graphs compiled (warm-up, timed)",
             "images/s",
             "model busy",
             "mAP vs fp32 default",
@@ -560,6 +611,7 @@ def markdown(report: dict) -> str:
                 r["precision"],
                 r["batch_size"],
                 r["warm_up_s"],
+                _graphs_cell(r),
                 r["images_per_s"],
                 f"{r['model_busy']:.0%}",
                 _map_cell(r["map_vs_fp32_default"], r["target"]),
@@ -568,7 +620,9 @@ def markdown(report: dict) -> str:
         ],
     )
     d = report["decode"]
-    if "error" in d:
+    if d is None:
+        decode_section = "Decode comparison: not run (time budget)."
+    elif "error" in d:
         decode_section = f"Decode comparison failed: {d['error']}"
     else:
         decode_section = (
@@ -608,14 +662,21 @@ def markdown(report: dict) -> str:
     )
     v = report["verdict"]
     judged = "Not judged (smoke run on CPU). " if s["smoke"] else ""
+    end_to_end = (
+        "not measured (no shard ran)"
+        if v["images_per_s"] is None
+        else f"{v['images_per_s']} ({'met' if v['images_per_s_met'] else 'missed'})"
+    )
     verdict = judged + (
         f"Targets: model busy >= {TARGET_BUSY:.0%}: {v['model_busy']:.0%} at {v['config']} "
         f"({'met' if v['busy_met'] else 'missed'}); >= {TARGET_IMAGES_PER_S:.0f} images/s end to end at reduced "
-        f"precision (a shard's data path: fetch, decode, inference, rows): {v['images_per_s']} "
-        f"({'met' if v['images_per_s_met'] else 'missed'})."
+        f"precision (a shard's data path: fetch, decode, inference, rows): {end_to_end}."
     )
+    skipped = report.get("skipped") or []
+    incomplete = [] if report.get("complete", True) else ["INCOMPLETE: the run stopped before its end."]
     return "\n\n".join(
         [
+            *incomplete,
             head,
             grid,
             "Fast paths, each alone at the auto batch (mAP: COCO box mAP against the fp32 default's detections, "
@@ -623,8 +684,16 @@ def markdown(report: dict) -> str:
             decode_section,
             f"One shard end to end (`python -m detection_engine`):\n\n{shards}",
             verdict,
+            *([f"Skipped for the time budget: {'; '.join(skipped)}."] if skipped else []),
         ]
     )
+
+
+def _graphs_cell(row: dict) -> str:
+    if row.get("graphs_warm_up") is None:
+        return ""
+    timed = row["graphs_timed"]
+    return f"{row['graphs_warm_up']}, {timed}" + (" (images/s include compiling)" if timed else "")
 
 
 def _batch(row: dict) -> str:
@@ -673,13 +742,13 @@ def verdict(grid: list[dict], shards: list[dict]) -> dict:
     """The targets, judged at the fastest reduced-precision configuration."""
     reduced = [r for r in grid if r["precision"] != "fp32"] or grid
     best = max(reduced, key=lambda r: r["images_per_s"])
-    data_path = max((s["images_per_s_data_path"] for s in shards), default=best["images_per_s"])
+    data_path = max((s["images_per_s_data_path"] for s in shards), default=None)
     return {
         "config": f"{best['precision']} batch {best['batch_size']}",
         "model_busy": best["model_busy"],
         "busy_met": best["model_busy"] >= TARGET_BUSY,
-        "images_per_s": data_path,
-        "images_per_s_met": data_path >= TARGET_IMAGES_PER_S,
+        "images_per_s": data_path,  # None: no shard ran (the grid's figures are not end to end)
+        "images_per_s_met": data_path is not None and data_path >= TARGET_IMAGES_PER_S,
     }
 
 
@@ -719,14 +788,32 @@ def main() -> int:
     parser.add_argument(
         "--allow-cpu", action="store_true", help="without CUDA, run a tiny smoke version on CPU"
     )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help=f"seconds after which what is left is skipped and listed (default: {QUICK_BUDGET_S:.0f} with "
+        "--quick, none otherwise; the fp32 reference row always runs)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument(
+        "--tables-from",
+        type=Path,
+        default=None,
+        help="print the tables of a JSON report written by --out (a whole run's, or what a cut-short run saved)",
+    )
     args = parser.parse_args()
+    if args.tables_from is not None:
+        print(markdown(json.loads(args.tables_from.read_text())))
+        return 0
     args.images = args.images or (QUICK_IMAGES if args.quick else 2048)
     args.batch_sizes = args.batch_sizes or (QUICK_BATCH_SIZES if args.quick else [AUTO, 1, 8, 16, 32])
     if AUTO not in args.batch_sizes:
         args.batch_sizes.insert(0, AUTO)  # the fp32 default: the reference for agreement
     args.runs = args.runs or (1 if args.quick else 3)
+    if args.budget_s is None and args.quick:
+        args.budget_s = QUICK_BUDGET_S
     if "fp32" not in args.precisions:
         args.precisions.insert(0, "fp32")  # the reference for agreement
     if not torch.cuda.is_available() and not args.allow_cpu:
@@ -737,8 +824,10 @@ def main() -> int:
         )
         return 2
 
+    budget = Budget(args.budget_s)
     p = plan(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     p = materialise_weights(p, workdir)
     print(f"bench_gpu: {'smoke run on CPU' if p.smoke else p.device}; workdir {workdir}", file=sys.stderr)
     images = write_images(workdir / "images", p.images, p.shapes, seed=0)
@@ -753,24 +842,6 @@ def main() -> int:
     )
     (loaded,) = load_replicas(options, [p.device])
 
-    grid, found = throughput_grid(p, loaded, uris)
-    fastest = max((r for r in grid if r["precision"] != "fp32") or grid, key=lambda r: r["images_per_s"])
-    paths = fast_paths(p, loaded, uris, found[("fp32", AUTO)], fastest, compile=args.compile)
-    try:
-        decode = decode_comparison(p, uris, fastest["batch_size"])
-    except Exception as exc:  # e.g. a torchvision built without nvJPEG: keep the other figures
-        decode = {"error": f"{type(exc).__name__}: {exc}"}
-    one_device = "cuda:0" if p.device.type == "cuda" else "cpu"
-    several = p.device.type == "cuda" and torch.cuda.device_count() > 1
-    shards = [
-        shard_end_to_end(p, uris, workdir, fastest["precision"], fastest["batch_size"], devices, on_device)
-        for devices, on_device in [
-            (one_device, False),
-            ("auto", False),
-            (one_device, True),
-            *([("auto", True)] if several else []),
-        ]
-    ]
     report = {
         "machine": machine(p),
         "settings": {
@@ -783,16 +854,66 @@ def main() -> int:
             "fetch_workers": p.fetch_workers,
             "decode_workers": p.decode_workers,
             "score_threshold": p.score_threshold,
+            "budget_s": budget.seconds,
         },
-        "grid": grid,
-        "fast_paths": paths,
-        "decode": decode,
-        "shards": shards,
-        "verdict": verdict(grid, shards),
+        "grid": [],
+        "fast_paths": [],
+        "decode": None,
+        "shards": [],
+        "skipped": budget.skipped,
+        "complete": False,
     }
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    def save() -> None:
+        """The report so far, after each section: a run cut short by its lease still leaves its figures."""
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            report["verdict"] = verdict(report["grid"], report["shards"])
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    report["grid"], found = throughput_grid(p, loaded, uris, budget)
+    save()
+    grid = report["grid"]
+    fastest = max([r for r in grid if r["precision"] != "fp32"] or grid, key=lambda r: r["images_per_s"])
+    if budget.allows("decode comparison"):
+        try:
+            report["decode"] = decode_comparison(p, uris, fastest["batch_size"])
+        except Exception as exc:  # e.g. a torchvision built without nvJPEG: keep the other figures
+            report["decode"] = {"error": f"{type(exc).__name__}: {exc}"}
+    # The shards before the fast paths: end to end is the target's figure, the compiled rows the slowest.
+    one_device = "cuda:0" if p.device.type == "cuda" else "cpu"
+    several = p.device.type == "cuda" and torch.cuda.device_count() > 1
+    for devices, on_device in [
+        (one_device, False),
+        ("auto", False),
+        (one_device, True),
+        *([("auto", True)] if several else []),
+    ]:
+        if budget.allows(f"shard on {devices}{' with the data-path switches' if on_device else ''}"):
+            report["shards"].append(
+                shard_end_to_end(
+                    p, uris, workdir, fastest["precision"], fastest["batch_size"], devices, on_device
+                )
+            )
+            save()
+
+    def save_fast_paths(rows: list[dict]) -> None:
+        report["fast_paths"] = rows
+        save()
+
+    fast_paths(
+        p,
+        loaded,
+        uris,
+        found[("fp32", AUTO)],
+        fastest,
+        budget,
+        compile=args.compile,
+        after_row=save_fast_paths,
+    )
+    report["complete"] = True
+    save()
+    report["verdict"] = verdict(report["grid"], report["shards"])
     print(markdown(report))
     return 0
 
