@@ -103,6 +103,9 @@ FITTED, FITTED_STEPS = "fitted", 300
 QUICK_IMAGES, QUICK_BATCH_SIZES = 384, [AUTO, 8, 16]
 # A lease is 15 device minutes and a command at most 10: the quick run stops starting new rows after this.
 QUICK_BUDGET_S = 420.0
+# A compiled row's warm-up compiles up to three graphs (torch 2.11; 23-41 s each on a 2-core CPU, a GPU's
+# Triton compile estimated at a minute): start one only with this much budget left, not run past the lease.
+COMPILE_NEEDS_S = 150.0
 
 
 @dataclass(frozen=True)
@@ -133,8 +136,9 @@ class Budget:
     started: float = dataclasses.field(default_factory=time.perf_counter)
     skipped: list[str] = dataclasses.field(default_factory=list)
 
-    def allows(self, what: str) -> bool:
-        if self.seconds is None or time.perf_counter() - self.started < self.seconds:
+    def allows(self, what: str, needs_s: float = 0.0) -> bool:
+        """Whether `what`, expected to take about `needs_s`, may start: it would end within the budget."""
+        if self.seconds is None or time.perf_counter() - self.started + needs_s < self.seconds:
             return True
         self.skipped.append(what)
         print(f"bench_gpu: time budget of {self.seconds:.0f} s spent; skipping {what}", file=sys.stderr)
@@ -319,7 +323,7 @@ def fast_paths(
             continue
         precision = fastest["ran_as"] if path.precision == "fastest" else "fp32"
         label = path.name if precision == "fp32" else f"{path.name} + {precision}"
-        if not budget.allows(f"fast path {label}"):
+        if not budget.allows(f"fast path {label}", COMPILE_NEEDS_S if path.compile else 0.0):
             continue
         model = engine_fast_paths.apply(copy.deepcopy(loaded.model), path.channels_last, path.compile)
         detector = Detector(model, p.device, precision, p.score_threshold, 50)
