@@ -870,9 +870,9 @@ def main() -> int:
 
     def save() -> None:
         """The report so far, after each section: a run cut short by its lease still leaves its figures."""
+        report["verdict"] = verdict(report["grid"], report["shards"])
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            report["verdict"] = verdict(report["grid"], report["shards"])
             args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     report["grid"], found = throughput_grid(p, loaded, uris, budget)
@@ -884,6 +884,7 @@ def main() -> int:
             report["decode"] = decode_comparison(p, uris, fastest["batch_size"])
         except Exception as exc:  # e.g. a torchvision built without nvJPEG: keep the other figures
             report["decode"] = {"error": f"{type(exc).__name__}: {exc}"}
+        save()
     # The shards before the fast paths: end to end is the target's figure, the compiled rows the slowest.
     one_device = "cuda:0" if p.device.type == "cuda" else "cpu"
     several = p.device.type == "cuda" and torch.cuda.device_count() > 1
@@ -917,7 +918,6 @@ def main() -> int:
     )
     report["complete"] = True
     save()
-    report["verdict"] = verdict(report["grid"], report["shards"])
     print(markdown(report))
     return 0
 

@@ -12,11 +12,12 @@ dynamic shapes: images arrive in many sizes, and one graph generalised over heig
 (about 30 s on a 2-core CPU) instead of once per new shape. Not once for every input, though: the compiler
 guards on facts of the shapes it traced (a batch of one against several; on torch 2.11 the parity of the
 stride-32 height and width, so the benchmark's eight photo shapes at 800 px take three graphs, one on the
-pinned 2.14.1), and an input outside them compiles another graph at its first batch. Each is logged with its
-seconds and counted (`CompiledBackbone.graphs`, `compile_s`), which bench_gpu reports. Padding batches to a few fixed shape buckets would
-let the compiler specialise further but changes detections near the borders (torchvision pads with zeros),
-so it is not done; BENCHMARKS.md has the figures. On a CPU, Inductor's freezing folds the weights into the
-graph (oneDNN's prepacked convolutions); on CUDA it generates Triton kernels.
+pinned 2.14.1), and an input outside them compiles another graph at its first batch. Each is logged with
+its seconds and counted (`CompiledBackbone.graphs`, `compile_s`), which bench_gpu reports. Padding batches
+to a few fixed shape buckets would let the compiler specialise further but changes detections near the
+borders (torchvision pads with zeros), so it is not done; BENCHMARKS.md has the figures. On a CPU,
+Inductor's freezing folds the weights into the graph (oneDNN's prepacked convolutions); on CUDA it generates
+Triton kernels.
 
 Compilation happens at the first batch and can fail where the pod image lacks what it needs (a C++ compiler
 on a CPU, Triton on a GPU). A failure must not turn images into error rows, so `CompiledBackbone` runs the
