@@ -50,8 +50,10 @@ class CompiledBackbone(nn.Module):
         # Not a submodule: the state dict and device moves see the eager backbone once, under its own name.
         object.__setattr__(self, "_compiled", torch.compile(backbone, dynamic=True))
         self.fallback_reason: str | None = None
-        self.graphs = 0  # graphs compiled for this backbone's calls (dynamo's counter: process-wide)
-        self.compile_s = 0.0  # wall seconds of the calls that compiled one
+        # Graphs compiled during this backbone's calls, and those calls' seconds. Read from dynamo's
+        # process-wide counter: exact for one replica; replicas compiling at once each count the other's too.
+        self.graphs = 0
+        self.compile_s = 0.0
 
     @property
     def compiled(self) -> bool:
@@ -77,11 +79,11 @@ class CompiledBackbone(nn.Module):
             self.graphs += new
             self.compile_s += seconds
             log.info(
-                "torch.compile: backbone graph %d compiled for input %s in %.1f s (inputs the compiler's guards "
-                "group with it reuse it)",
-                self.graphs,
+                "torch.compile: a backbone graph compiled for input %s in %.1f s (%d in this process; inputs "
+                "the compiler's guards group with it reuse it)",
                 "x".join(map(str, images.shape)),
                 seconds,
+                _graphs_compiled(),
             )
         return features
 

@@ -159,8 +159,9 @@ class RunConfig:
     )
     compile: bool = _field(
         "torch.compile the model's backbone, a fast path: on a CPU 1.3-1.5x at 800 px with the same detections, "
-        "after 14-30 s of compiling at each shard's first image, so it pays on large shards; falls back to "
-        "eager if compiling fails (BENCHMARKS.md).",
+        "after 14-30 s of compiling at each shard's first image (and at the first batch of a shape the "
+        "compiler sets apart: logged), so it pays on large shards; falls back to eager if compiling fails "
+        "(BENCHMARKS.md).",
         {"type": "boolean"},
         default=False,
     )

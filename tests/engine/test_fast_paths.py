@@ -73,7 +73,7 @@ def test_the_compiled_backbone_gives_the_eager_detections_for_every_shape(tiny_o
         _assert_close(a, b)
     assert compiled.backbone.graphs == 2 and compiled.backbone.compiled
     assert compiled.backbone.compile_s > 0
-    assert "backbone graph 2 compiled for input 2x3x" in caplog.text
+    assert "a backbone graph compiled for input 2x3x" in caplog.text
 
 
 def _assert_close(got, want) -> None:
