@@ -677,6 +677,7 @@ def markdown(report: dict) -> str:
         f"precision (a shard's data path: fetch, decode, inference, rows): {end_to_end}."
     )
     skipped = report.get("skipped") or []
+    sections = ", ".join(f"{name} {seconds} s" for name, seconds in report.get("section_s", {}).items())
     incomplete = [] if report.get("complete", True) else ["INCOMPLETE: the run stopped before its end."]
     return "\n\n".join(
         [
@@ -689,6 +690,7 @@ def markdown(report: dict) -> str:
             f"One shard end to end (`python -m detection_engine`):\n\n{shards}",
             verdict,
             *([f"Skipped for the time budget: {'; '.join(skipped)}."] if skipped else []),
+            *([f"Wall time: {sections} ({report.get('elapsed_s')} s in all)."] if sections else []),
         ]
     )
 
@@ -866,28 +868,36 @@ def main() -> int:
         "shards": [],
         "skipped": budget.skipped,
         "complete": False,
+        "section_s": {},  # wall seconds of each section, to size the next lease's budget
     }
 
-    def save() -> None:
+    def save(section: str | None = None, started: float | None = None) -> None:
         """The report so far, after each section: a run cut short by its lease still leaves its figures."""
+        if section is not None and started is not None:
+            report["section_s"][section] = round(time.perf_counter() - started, 1)
+        report["elapsed_s"] = round(time.perf_counter() - budget.started, 1)
         report["verdict"] = verdict(report["grid"], report["shards"])
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n")
 
+    report["section_s"]["setup"] = round(time.perf_counter() - budget.started, 1)  # weights, images, model
+    started = time.perf_counter()
     report["grid"], found = throughput_grid(p, loaded, uris, budget)
-    save()
+    save("grid", started)
     grid = report["grid"]
     fastest = max([r for r in grid if r["precision"] != "fp32"] or grid, key=lambda r: r["images_per_s"])
     if budget.allows("decode comparison"):
+        started = time.perf_counter()
         try:
             report["decode"] = decode_comparison(p, uris, fastest["batch_size"])
         except Exception as exc:  # e.g. a torchvision built without nvJPEG: keep the other figures
             report["decode"] = {"error": f"{type(exc).__name__}: {exc}"}
-        save()
+        save("decode", started)
     # The shards before the fast paths: end to end is the target's figure, the compiled rows the slowest.
     one_device = "cuda:0" if p.device.type == "cuda" else "cpu"
     several = p.device.type == "cuda" and torch.cuda.device_count() > 1
+    started = time.perf_counter()
     for devices, on_device in [
         (one_device, False),
         ("auto", False),
@@ -900,11 +910,13 @@ def main() -> int:
                     p, uris, workdir, fastest["precision"], fastest["batch_size"], devices, on_device
                 )
             )
-            save()
+            save("shards", started)
+
+    started = time.perf_counter()
 
     def save_fast_paths(rows: list[dict]) -> None:
         report["fast_paths"] = rows
-        save()
+        save("fast_paths", started)
 
     fast_paths(
         p,
