@@ -60,7 +60,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, add_source_paths, load_average, markdown_table, write_images  # noqa: E402
+from common import (  # noqa: E402
+    PHOTO_SHAPES,
+    ROOT,
+    add_source_paths,
+    load_average,
+    markdown_table,
+    write_images,
+)
 
 add_source_paths()
 
@@ -85,16 +92,6 @@ from detection_engine.preprocess import host_tensor  # noqa: E402
 from detection_engine.replicas import load_replicas  # noqa: E402
 
 MODEL = "fasterrcnn_resnet50_fpn"
-PHOTO_SHAPES = [
-    (640, 480),
-    (480, 640),
-    (800, 600),
-    (1024, 576),
-    (600, 800),
-    (576, 1024),
-    (720, 540),
-    (540, 720),
-]
 SMOKE_SHAPES = [(128, 96), (96, 128), (112, 112)]
 MATCH_IOU = 0.5
 TARGET_BUSY, TARGET_IMAGES_PER_S = 0.90, 400.0

@@ -30,7 +30,14 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_source_paths, cpu_name, load_average, markdown_table, picture  # noqa: E402
+from common import (  # noqa: E402
+    PHOTO_SHAPES,
+    add_source_paths,
+    cpu_name,
+    load_average,
+    markdown_table,
+    picture,
+)
 
 add_source_paths()
 
@@ -44,16 +51,7 @@ from detection_engine.shard import ShardJob, run_shard  # noqa: E402
 
 MODEL = "fasterrcnn_resnet50_fpn"
 SHAPES = {
-    "photo": [
-        (640, 480),
-        (480, 640),
-        (800, 600),
-        (1024, 576),
-        (600, 800),
-        (576, 1024),
-        (720, 540),
-        (540, 720),
-    ],
+    "photo": PHOTO_SHAPES,
     "camera": [(4032, 3024), (3024, 4032)],
 }
 GRAIN = 12.0  # standard deviation of the added grain, in grey levels: ~0.4-0.5 bytes per pixel at quality 90

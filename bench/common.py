@@ -339,6 +339,19 @@ class ImageSet:
         return len(self.good) + len(self.corrupt)
 
 
+# Photo-sized (width, height) in the aspect ratios cameras and datasets use: 4:3 and 16:9, both ways.
+PHOTO_SHAPES = [
+    (640, 480),
+    (480, 640),
+    (800, 600),
+    (1024, 576),
+    (600, 800),
+    (576, 1024),
+    (720, 540),
+    (540, 720),
+]
+
+
 def picture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """A smooth colour field with a few flat rectangles: cheap to make, real work for JPEG decode."""
     coarse = rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
