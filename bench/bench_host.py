@@ -16,6 +16,7 @@ CPU and leaves nothing to the rest).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -80,17 +81,24 @@ def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def write_photos(directory: Path, count: int, shapes: list[tuple[int, int]]) -> list[Path]:
-    """`count` JPEGs, shapes cycled; a few distinct pictures repeated under other names (decode is per file)."""
+def write_photos(directory: Path, count: int, shapes: list[tuple[int, int]]) -> list[tuple[Path, int]]:
+    """`count` JPEGs, shapes cycled, with each one's pixels; two distinct pictures per shape, encoded once and
+    repeated under other names (decode is per file)."""
     rng = np.random.default_rng(0)
     directory.mkdir(parents=True, exist_ok=True)
-    distinct = [photo(rng, w, h) for w, h in shapes for _ in range(2)]
-    paths = []
+    distinct = []
+    for width, height in shapes:
+        for _ in range(2):
+            encoded = io.BytesIO()
+            photo(rng, width, height).save(encoded, format="JPEG", quality=90)
+            distinct.append((encoded.getvalue(), width * height))
+    files = []
     for i in range(count):
+        data, pixels = distinct[i % len(distinct)]
         path = directory / f"img-{i:06d}.jpg"
-        distinct[i % len(distinct)].save(path, quality=90)
-        paths.append(path)
-    return paths
+        path.write_bytes(data)
+        files.append((path, pixels))
+    return files
 
 
 def cpu_seconds() -> float:
@@ -156,9 +164,9 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-host-"))
-    paths = write_photos(workdir / "images", args.images, SHAPES[args.shapes])
-    sizes = [p.stat().st_size for p in paths]
-    pixels = [w * h for w, h in SHAPES[args.shapes]]
+    files = write_photos(workdir / "images", args.images, SHAPES[args.shapes])
+    paths = [path for path, _ in files]
+    sizes = [path.stat().st_size for path in paths]
     measure(paths[: args.batch_size * 2], workdir, 1, args.batch_size, args.boxes)  # warm-up: imports, pools
     rows = []
     for workers in args.decode_workers:
@@ -171,7 +179,7 @@ def main() -> int:
         "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "load_1min": load_average()},
         "shapes": args.shapes,
         "mean_file_kb": round(statistics.fmean(sizes) / 1024, 1),
-        "bytes_per_pixel": round(statistics.fmean(sizes) / statistics.fmean(pixels), 3),
+        "bytes_per_pixel": round(sum(sizes) / sum(pixels for _, pixels in files), 3),
         "batch_size": args.batch_size,
         "boxes": args.boxes,
         "rows": rows,
